@@ -195,6 +195,27 @@ class Electrostatics(torch.nn.Module):
         graph: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """3D periodic charges + point dipoles (dipole-dipole part always Ewald)."""
+        keep_graph = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (positions, charges, dipoles, cell)
+        )
+        with torch.enable_grad():
+            energy, potential, field = self._periodic_with_dipoles_graph(
+                positions, charges, dipoles, cell, pbc, params, graph
+            )
+        if not keep_graph:
+            return energy.detach(), potential.detach(), field.detach()
+        return energy, potential, field
+
+    def _periodic_with_dipoles_graph(
+        self,
+        positions: torch.Tensor,
+        charges: torch.Tensor,
+        dipoles: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        params: KSpaceParameters,
+        graph: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         charge_offset = torch.zeros_like(charges, requires_grad=True)
         q = charges + charge_offset
         potential_q, field_q = periodic_charge_sum(

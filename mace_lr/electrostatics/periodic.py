@@ -84,35 +84,53 @@ def periodic_charge_sum(
     distances = torch.linalg.norm(pairs.vectors(positions, cell), dim=1)
     check_min_distance(distances, pairs.i, pairs.j, graph)
 
-    sites = positions
-    site_charges = charges
-    site_pairs = pairs
-    ghost_shift = None
-    if compute_field:
+    if not compute_field:
+        potential = _site_potentials(positions, charges, cell, periodic, params, smearing, pairs, distances)
+        return potential, None
+    # the ghost trick needs autograd even under no_grad; keep the graph only when the
+    # caller can differentiate the field (forces of field-dependent energies)
+    keep_graph = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (positions, charges, cell)
+    )
+    with torch.enable_grad():
         ghost_shift = torch.zeros_like(positions, requires_grad=True)
         sites = torch.cat([positions, positions + ghost_shift])
-        site_charges = torch.cat([charges, torch.zeros_like(charges)])
         site_pairs = _with_ghosts(pairs, n_atoms)
-        distances = torch.linalg.norm(site_pairs.vectors(sites, cell), dim=1)
+        potential = _site_potentials(
+            sites, torch.cat([charges, torch.zeros_like(charges)]), cell, periodic, params,
+            smearing, site_pairs, torch.linalg.norm(site_pairs.vectors(sites, cell), dim=1),
+        )
+        (grad,) = torch.autograd.grad(potential[n_atoms:].sum(), ghost_shift, create_graph=keep_graph)
+    if not keep_graph:
+        return potential[:n_atoms].detach(), -grad.detach()
+    return potential[:n_atoms], -grad
 
-    calculator = _charge_calculator(params, positions.dtype, positions.device)
-    is_3d = bool(periodic.all())
+
+def _site_potentials(
+    sites: torch.Tensor,
+    charges: torch.Tensor,
+    cell: torch.Tensor,
+    periodic: torch.Tensor,
+    params: KSpaceParameters,
+    smearing: float,
+    pairs: PairList,
+    distances: torch.Tensor,
+) -> torch.Tensor:
+    """Potential (e/Å) at every site from all charges, torch-pme plus smearing term."""
+    calculator = _charge_calculator(params, sites.dtype, sites.device)
     half_potential = calculator(
-        charges=site_charges.unsqueeze(-1),
+        charges=charges.unsqueeze(-1),
         cell=cell,
         positions=sites,
-        neighbor_indices=torch.stack([site_pairs.i, site_pairs.j], dim=1),
+        neighbor_indices=torch.stack([pairs.i, pairs.j], dim=1),
         neighbor_distances=distances,
-        periodic=None if is_3d else periodic,
+        periodic=None if bool(periodic.all()) else periodic,
     ).squeeze(-1)
     potential = 2.0 * half_potential
     if smearing > 0.0:
         correction = -torch.erfc(distances / (2.0 * smearing)) / distances
-        potential = potential + _scatter_pairs(correction, site_charges, site_pairs, sites.shape[0])
-    if not compute_field:
-        return potential, None
-    (grad,) = torch.autograd.grad(potential[n_atoms:].sum(), ghost_shift, create_graph=True)
-    return potential[:n_atoms], -grad
+        potential = potential + _scatter_pairs(correction, charges, pairs, sites.shape[0])
+    return potential
 
 
 def periodic_dipole_sum(

@@ -1,0 +1,58 @@
+"""Small structure builders shared by the tests (not a library API)."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+
+
+def random_neutral_ions(n_pairs: int, cell: np.ndarray, seed: int, min_distance: float = 1.5) -> Atoms:
+    """n_pairs cations (+1, Na) and anions (-1, Cl) placed at random without overlaps."""
+    rng = np.random.default_rng(seed)
+    atoms = Atoms(cell=cell, pbc=True)
+    positions: list[np.ndarray] = []
+    while len(positions) < 2 * n_pairs:
+        trial = rng.random(3) @ cell
+        candidate = Atoms("H", positions=[trial], cell=cell, pbc=True)
+        ok = True
+        for p in positions:
+            d = candidate.cell.scaled_positions(np.array([trial - p]))[0]
+            d -= np.round(d)
+            if np.linalg.norm(d @ cell) < min_distance:
+                ok = False
+                break
+        if ok:
+            positions.append(trial)
+    atoms = Atoms(
+        ["Na", "Cl"] * n_pairs, positions=positions, cell=cell, pbc=True
+    )
+    atoms.set_initial_charges([1.0, -1.0] * n_pairs)
+    return atoms
+
+
+def numpy_coulomb(positions: np.ndarray, charges: np.ndarray, smearing: float = 0.0):
+    """Plain double loop: energy, potential, field in Gaussian units (k_e = 1)."""
+    from math import erf, exp, pi, sqrt
+
+    n = len(positions)
+    energy = 0.0
+    potential = np.zeros(n)
+    field = np.zeros((n, 3))
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            r_vec = positions[i] - positions[j]
+            r = sqrt(float(r_vec @ r_vec))
+            if smearing > 0:
+                w = 2 * smearing
+                f = erf(r / w) / r
+                g = (erf(r / w) / r - 2 / (sqrt(pi) * w) * exp(-((r / w) ** 2))) / r**2
+            else:
+                f = 1 / r
+                g = 1 / r**3
+            potential[i] += charges[j] * f
+            field[i] += charges[j] * g * r_vec
+            if j > i:
+                energy += charges[i] * charges[j] * f
+    return energy, potential, field
