@@ -310,3 +310,30 @@ def test_auto_method_choice_by_size():
     assert engine.periodic_method(PME_THRESHOLD) == "pme"
     params = choose_parameters("pme", torch.zeros(4, 3), torch.ones(4), torch.eye(3) * 6.0, 1e-5)
     assert params.method == "pme" and params.mesh_spacing > 0
+
+
+@pytest.mark.parametrize("method", ["ewald", "pme"])
+def test_charge_dipole_forces_equal_central_differences(method):
+    """Forces of charges + dipoles need the double backward through the ghost field."""
+    atoms = random_neutral_ions(3, TRICLINIC, seed=12)
+    dipoles = torch.tensor(np.random.default_rng(2).normal(scale=0.3, size=(6, 3)))
+    charges = torch.tensor(atoms.get_initial_charges())
+    cell = torch.tensor(TRICLINIC)[None]
+    pbc = torch.ones(1, 3, dtype=torch.bool)
+    params = choose_parameters(method, torch.tensor(atoms.positions), charges, cell[0], 1e-9)
+    engine = Electrostatics(parameters=params)
+
+    def energy(pos):
+        return engine(pos, charges, cell, pbc, dipoles=dipoles)["energy"].sum()
+
+    positions = torch.tensor(atoms.positions, requires_grad=True)
+    (grad,) = torch.autograd.grad(energy(positions), positions)
+    numeric = torch.zeros_like(grad)
+    h = 1e-4
+    for a in range(6):
+        for b in range(3):
+            plus, minus = positions.detach().clone(), positions.detach().clone()
+            plus[a, b] += h
+            minus[a, b] -= h
+            numeric[a, b] = (energy(plus) - energy(minus)) / (2 * h)
+    assert (grad - numeric).abs().max() < 1e-6 * grad.abs().max()

@@ -17,7 +17,7 @@ import torch
 
 from .direct import direct_sum
 from .parameters import KSpaceParameters, choose_parameters
-from .periodic import periodic_charge_sum, periodic_dipole_sum
+from .periodic import periodic_charge_dipole_sum, periodic_charge_sum
 from .units import COULOMB_CONSTANT
 from .validation import (
     ElectrostaticsInputError,
@@ -182,54 +182,13 @@ class Electrostatics(torch.nn.Module):
                 compute_field, graph,
             )
             return 0.5 * (charges * potential).sum(), potential, field
-        return self._periodic_with_dipoles(positions, charges, dipoles, cell, pbc, params, graph)
-
-    def _periodic_with_dipoles(
-        self,
-        positions: torch.Tensor,
-        charges: torch.Tensor,
-        dipoles: torch.Tensor,
-        cell: torch.Tensor,
-        pbc: torch.Tensor,
-        params: KSpaceParameters,
-        graph: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """3D periodic charges + point dipoles (dipole-dipole part always Ewald)."""
-        keep_graph = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (positions, charges, dipoles, cell)
-        )
-        with torch.enable_grad():
-            energy, potential, field = self._periodic_with_dipoles_graph(
-                positions, charges, dipoles, cell, pbc, params, graph
-            )
-        if not keep_graph:
-            return energy.detach(), potential.detach(), field.detach()
-        return energy, potential, field
-
-    def _periodic_with_dipoles_graph(
-        self,
-        positions: torch.Tensor,
-        charges: torch.Tensor,
-        dipoles: torch.Tensor,
-        cell: torch.Tensor,
-        pbc: torch.Tensor,
-        params: KSpaceParameters,
-        graph: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        charge_offset = torch.zeros_like(charges, requires_grad=True)
-        q = charges + charge_offset
-        potential_q, field_q = periodic_charge_sum(
-            positions, q, cell, pbc, params, self.smearing, self.accuracy, True, graph
-        )
-        assert field_q is not None
         dipole_params = params
-        if params.method != "ewald":
+        if params.method != "ewald":  # torch-pme sums dipoles with Ewald only
             dipole_params = choose_parameters("ewald", positions, charges, cell, self.accuracy)
-        energy_mm, field_m = periodic_dipole_sum(positions, dipoles, cell, dipole_params, graph)
-        energy_qm = -(dipoles * field_q).sum()
-        (potential_m,) = torch.autograd.grad(energy_qm, charge_offset, create_graph=True)
-        energy = 0.5 * (charges * potential_q).sum() + energy_qm + energy_mm
-        return energy, potential_q + potential_m, field_q + field_m
+        return periodic_charge_dipole_sum(
+            positions, charges, dipoles, cell, pbc, params, dipole_params,
+            self.smearing, self.accuracy, graph,
+        )
 
 
 __all__ = ["Electrostatics", "PME_THRESHOLD", "METHODS"]

@@ -161,4 +161,42 @@ def periodic_dipole_sum(
     return energy, -2.0 * half
 
 
-__all__ = ["periodic_charge_sum", "periodic_dipole_sum"]
+def periodic_charge_dipole_sum(
+    positions: torch.Tensor,
+    charges: torch.Tensor,
+    dipoles: torch.Tensor,
+    cell: torch.Tensor,
+    periodic: torch.Tensor,
+    params: KSpaceParameters,
+    dipole_params: KSpaceParameters,
+    smearing: float,
+    accuracy: float,
+    graph: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Energy [], potential [N] and field [N, 3] of charges plus point dipoles (3D).
+
+    E = E_qq + E_qmu + E_mumu with E_qmu = -sum_i mu_i . E^q_i; the dipoles' potential
+    at the charges is dE_qmu/dq by autograd. ``dipole_params`` must be Ewald settings.
+    """
+    keep_graph = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (positions, charges, dipoles, cell)
+    )
+    with torch.enable_grad():
+        charge_offset = torch.zeros_like(charges, requires_grad=True)
+        potential_q, field_q = periodic_charge_sum(
+            positions, charges + charge_offset, cell, periodic, params, smearing, accuracy,
+            True, graph,
+        )
+        assert field_q is not None
+        energy_mm, field_m = periodic_dipole_sum(positions, dipoles, cell, dipole_params, graph)
+        energy_qm = -(dipoles * field_q).sum()
+        (potential_m,) = torch.autograd.grad(energy_qm, charge_offset, create_graph=True)
+        energy = 0.5 * (charges * potential_q).sum() + energy_qm + energy_mm
+        potential = potential_q + potential_m
+        field = field_q + field_m
+    if not keep_graph:
+        return energy.detach(), potential.detach(), field.detach()
+    return energy, potential, field
+
+
+__all__ = ["periodic_charge_dipole_sum", "periodic_charge_sum", "periodic_dipole_sum"]
