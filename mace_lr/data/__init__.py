@@ -1,0 +1,38 @@
+"""Reference data generators: GFN2-xTB (tblite) and classical point-charge systems.
+
+Each generator returns a list of labelled :class:`ase.Atoms` (MACE keys, see
+:mod:`mace_lr.data.io`) and is deterministic in its ``seed``; :func:`write_dataset`
+writes them to extxyz. The command ``mace_lr_generate`` wraps them.
+"""
+
+from .clusters import CLUSTER_SYSTEMS, generate_clusters
+from .dimers import generate_dimers
+from .field import generate_field
+from .io import MACE_TRAIN_KEYS, labelled_atoms, mace_key_specification, read_dataset, write_dataset
+from .molecules import DIMER_MONOMERS, FIELD_MOLECULES, MOLECULES
+from .random_charges import RepulsionCalculator, born_mayer_repulsion, generate_random_charges
+from .sampling import InvalidOption
+from .xtb import XTBConvergenceError, XTBResult, xtb_labelled_atoms, xtb_singlepoint
+
+__all__ = [
+    "CLUSTER_SYSTEMS",
+    "DIMER_MONOMERS",
+    "FIELD_MOLECULES",
+    "InvalidOption",
+    "MACE_TRAIN_KEYS",
+    "MOLECULES",
+    "RepulsionCalculator",
+    "XTBConvergenceError",
+    "XTBResult",
+    "born_mayer_repulsion",
+    "generate_clusters",
+    "generate_dimers",
+    "generate_field",
+    "generate_random_charges",
+    "labelled_atoms",
+    "mace_key_specification",
+    "read_dataset",
+    "write_dataset",
+    "xtb_labelled_atoms",
+    "xtb_singlepoint",
+]
