@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 from helpers import numpy_coulomb, random_neutral_ions
 
 from mace_lr.calculators import CoulombCalculator
@@ -87,8 +88,8 @@ def test_forces_and_stress_equal_central_differences(method, accuracy, tolerance
     atoms.calc = CoulombCalculator(method=method, smearing=smearing, accuracy=accuracy)
     forces = atoms.get_forces()
     stress = atoms.get_stress()
-    numeric_forces = atoms.calc.calculate_numerical_forces(atoms, d=1e-4)
-    numeric_stress = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
+    numeric_forces = calculate_numerical_forces(atoms, eps=1e-4)
+    numeric_stress = calculate_numerical_stress(atoms, eps=1e-5)
     scale_f = np.abs(forces).max()
     scale_s = np.abs(stress).max()
     # relative to the largest component; FD error (h^2 ~ 1e-8) is far below
@@ -100,7 +101,7 @@ def test_open_boundary_forces_equal_central_differences():
     atoms = molecule(smear=True)
     atoms.calc = CoulombCalculator(smearing=0.5)
     forces = atoms.get_forces()
-    numeric = atoms.calc.calculate_numerical_forces(atoms, d=1e-4)
+    numeric = calculate_numerical_forces(atoms, eps=1e-4)
     assert np.abs(forces - numeric).max() < 1e-7 * np.abs(forces).max()
     assert "stress" not in atoms.calc.results
 
