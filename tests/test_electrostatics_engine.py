@@ -66,18 +66,27 @@ def test_direct_sum_blocks_rows_for_large_molecules(monkeypatch):
         torch.testing.assert_close(blocked[key], reference[key], rtol=1e-13, atol=1e-13)
 
 
-def test_potential_is_energy_derivative_and_force_is_charge_times_field():
-    atoms = random_neutral_ions(6, TRICLINIC, seed=1)
+SLAB_CELL = np.array([[9.0, 0.0, 0.0], [2.1, 8.5, 0.0], [0.0, 0.0, 30.0]])
+
+
+@pytest.mark.parametrize("method", ["ewald", "pme"])
+@pytest.mark.parametrize("geometry", ["3d", "slab"])
+@pytest.mark.parametrize("smearing", [0.0, 0.6])
+def test_potential_is_energy_derivative_and_force_is_charge_times_field(method, geometry, smearing):
+    cell = TRICLINIC if geometry == "3d" else SLAB_CELL
+    atoms = random_neutral_ions(6, cell, seed=1)
+    if geometry == "slab":
+        atoms.positions[:, 2] *= 8.0 / 30.0  # a 8 Å thick slab with 22 Å of vacuum
     positions = torch.tensor(atoms.positions, requires_grad=True)
     charges = torch.tensor(atoms.get_initial_charges(), requires_grad=True)
-    for method in ("ewald", "pme"):
-        engine = Electrostatics(method=method, accuracy=1e-8)
-        out = engine(positions, charges, torch.tensor(TRICLINIC)[None], torch.ones(1, 3, dtype=torch.bool), compute_field=True)
-        dq, dr = torch.autograd.grad(out["energy"].sum(), [charges, positions])
-        # potential = dE/dq (exact identity of the implementation up to summation error)
-        torch.testing.assert_close(out["potential"], dq, rtol=1e-9, atol=1e-9)
-        # the ghost-site field reproduces the forces: F_i = q_i E_i
-        torch.testing.assert_close(-dr, charges.detach()[:, None] * out["field"], rtol=1e-6, atol=1e-6)
+    pbc = torch.tensor([[True, True, geometry == "3d"]])
+    engine = Electrostatics(method=method, smearing=smearing, accuracy=1e-8)
+    out = engine(positions, charges, torch.tensor(cell)[None], pbc, compute_field=True)
+    dq, dr = torch.autograd.grad(out["energy"].sum(), [charges, positions])
+    # potential = dE/dq (exact identity of the implementation up to summation error)
+    torch.testing.assert_close(out["potential"], dq, rtol=1e-9, atol=1e-9)
+    # the ghost-site field reproduces the forces: F_i = q_i E_i
+    torch.testing.assert_close(-dr, charges.detach()[:, None] * out["field"], rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------ finite differences
@@ -338,3 +347,17 @@ def test_charge_dipole_forces_equal_central_differences(method):
             minus[a, b] -= h
             numeric[a, b] = (energy(plus) - energy(minus)) / (2 * h)
     assert (grad - numeric).abs().max() < 1e-6 * grad.abs().max()
+
+
+@pytest.mark.filterwarnings("ignore:structure 0 is periodic with net charge")
+def test_charged_cell_stress_includes_background_term():
+    """Stress of a non-neutral cell (background term depends on the volume) equals
+    the central finite difference of the energy."""
+    atoms = random_neutral_ions(4, TRICLINIC, seed=3)
+    charges = atoms.get_initial_charges()
+    charges[1] = 0.5  # net charge +1.5 e
+    atoms.set_initial_charges(charges)
+    atoms.calc = CoulombCalculator(method="ewald", accuracy=1e-10)
+    stress = atoms.get_stress()
+    numeric = calculate_numerical_stress(atoms, eps=1e-5)
+    assert np.abs(stress - numeric).max() < 1e-6 * np.abs(stress).max()
