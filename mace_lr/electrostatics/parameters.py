@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torchpme.lib import get_ns_mesh
 from torchpme.tuning.pme import PMEErrorBounds
 
 #: Extra margin between the requested accuracy and the truncation target.
@@ -64,42 +65,89 @@ def choose_parameters(
 ) -> KSpaceParameters:
     """Ewald or PME settings for one periodic structure at the requested ``accuracy``.
 
-    Ewald: sigma balances real- and reciprocal-space cost, sigma ~ (V^2 / N)^(1/6);
-    both Gaussian tails are cut at ``SAFETY_FACTOR * accuracy``.
-    PME: sigma ~ 0.9 (V/N)^(1/3) keeps the real-space part short; the mesh spacing is
-    the largest one whose torch-pme error bound, calibrated by
+    Both Gaussian tails (real space, reciprocal space) are cut at
+    ``SAFETY_FACTOR * accuracy``. Ewald: sigma balances real- and reciprocal-space
+    cost, sigma ~ (V^2 / N)^(1/6), capped so that the real-space cutoff stays below
+    half the smallest cell width (vesin is ~10x slower per pair beyond it).
+    PME: sigma is the cheapest of a few candidates under :func:`pme_cost_model`; the
+    mesh spacing is the largest one whose torch-pme error bound, calibrated by
     :data:`PME_BOUND_CALIBRATION`, meets the target.
     """
     if not 0.0 < accuracy < 1.0:
         raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
     n_atoms = max(int(positions.shape[0]), 1)
-    volume = float(torch.abs(torch.linalg.det(cell.detach().to(torch.float64))))
+    c = cell.detach().to(torch.float64)
+    volume = float(torch.abs(torch.linalg.det(c)))
     spacing = (volume / n_atoms) ** (1.0 / 3.0)
     tolerance = SAFETY_FACTOR * accuracy
     x = _gaussian_tail_argument(tolerance)
+    half_width = 0.5 * _min_width(c)
     if method == "ewald":
         smearing = (volume**2 / (16.0 * math.pi**3 * n_atoms)) ** (1.0 / 6.0)
-        smearing = max(smearing, 0.35 * spacing)
-        k_cutoff = x / smearing
+        smearing = min(smearing, 0.99 * half_width / x)
         return KSpaceParameters(
             method="ewald",
             smearing=smearing,
             cutoff=x * smearing,
-            lr_wavelength=math.pi / k_cutoff,
+            lr_wavelength=math.pi * smearing / x,
         )
     if method == "pme":
-        smearing = 0.9 * spacing
-        return KSpaceParameters(
-            method="pme",
-            smearing=smearing,
-            cutoff=x * smearing,
-            mesh_spacing=_pme_mesh_spacing(
-                positions, charges, cell, smearing, tolerance / PME_BOUND_CALIBRATION,
-                PME_INTERPOLATION_NODES,
-            ),
-            interpolation_nodes=PME_INTERPOLATION_NODES,
-        )
+        best: tuple[float, KSpaceParameters] | None = None
+        for factor in PME_SMEARING_FACTORS:
+            smearing = factor * spacing
+            params = KSpaceParameters(
+                method="pme",
+                smearing=smearing,
+                cutoff=x * smearing,
+                mesh_spacing=_pme_mesh_spacing(
+                    positions, charges, cell, smearing, tolerance / PME_BOUND_CALIBRATION,
+                    PME_INTERPOLATION_NODES,
+                ),
+                interpolation_nodes=PME_INTERPOLATION_NODES,
+            )
+            cost = pme_cost_model(params, c, n_atoms)
+            if best is None or cost < best[0]:
+                best = (cost, params)
+        assert best is not None
+        return best[1]
     raise ValueError(f"unknown periodic method {method!r}; use 'ewald' or 'pme'")
+
+
+#: Candidate PME splitting widths, in units of the mean interparticle distance.
+PME_SMEARING_FACTORS: tuple[float, ...] = (0.6, 0.75, 0.9, 1.1, 1.35, 1.65, 2.0)
+
+#: Cost-model constants measured by benchmarks/electrostatics.py (2-core CPU, float64):
+#: seconds per real-space pair within half the cell width, the slow-down of pairs
+#: beyond it, and seconds per PME mesh point (256^3: 0.45 s, 512^3: 3.6 s).
+SECONDS_PER_PAIR = 90e-9
+LONG_CUTOFF_PENALTY = 10.0
+SECONDS_PER_MESH_POINT = 27e-9
+
+
+def pme_cost_model(params: KSpaceParameters, cell: torch.Tensor, n_atoms: int) -> float:
+    """Estimated seconds of one PME energy+forces call with ``params``.
+
+    Real-space pairs N/2 * rho * 4/3 pi r_c^3 plus the FFT mesh torch-pme will build
+    (powers of two per axis, :func:`torchpme.lib.get_ns_mesh`).
+    """
+    volume = float(torch.abs(torch.linalg.det(cell)))
+    pairs = 0.5 * n_atoms * (n_atoms / volume) * 4.0 / 3.0 * math.pi * params.cutoff**3
+    pair_cost = SECONDS_PER_PAIR * pairs
+    if params.cutoff > 0.5 * _min_width(cell):
+        pair_cost *= LONG_CUTOFF_PENALTY
+    mesh_points = float(torch.prod(get_ns_mesh(cell, params.mesh_spacing)))
+    return pair_cost + SECONDS_PER_MESH_POINT * mesh_points
+
+
+def _min_width(cell: torch.Tensor) -> float:
+    """Smallest distance between opposite faces of the cell (Å)."""
+    volume = torch.abs(torch.linalg.det(cell))
+    areas = torch.stack([
+        torch.linalg.norm(torch.linalg.cross(cell[1], cell[2])),
+        torch.linalg.norm(torch.linalg.cross(cell[2], cell[0])),
+        torch.linalg.norm(torch.linalg.cross(cell[0], cell[1])),
+    ])
+    return float((volume / areas).min())
 
 
 def _pme_mesh_spacing(
@@ -123,7 +171,7 @@ def _pme_mesh_spacing(
     sigma = torch.tensor(smearing, dtype=torch.float64)
     nodes = torch.tensor(interpolation_nodes)
     low, high = 1e-3 * smearing, 4.0 * smearing
-    for _ in range(60):
+    for _ in range(30):  # bisection in log space: ~1e-8 relative resolution
         mid = math.sqrt(low * high)
         err = float(bounds.err_kspace(sigma, torch.tensor(mid, dtype=torch.float64), nodes))
         if err > target:
