@@ -29,7 +29,7 @@ from .validation import (
 )
 
 #: Atom count from which ``method="auto"`` uses PME instead of Ewald (see benchmarks).
-PME_THRESHOLD = 2000
+PME_THRESHOLD = 3000
 
 METHODS = ("auto", "direct", "ewald", "pme")
 

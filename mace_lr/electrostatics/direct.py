@@ -53,10 +53,16 @@ def direct_sum(
     for start in range(0, n_atoms, BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, n_atoms)
         rows = torch.arange(start, stop, device=positions.device)
-        vec = positions[rows].unsqueeze(1) - positions.unsqueeze(0)  # r_i - r_j [B,N,3]
         self_mask = rows.unsqueeze(1) == torch.arange(n_atoms, device=positions.device)
-        dist_sq = (vec**2).sum(-1)
-        dist = torch.sqrt(torch.where(self_mask, torch.ones_like(dist_sq), dist_sq))
+        if need_field:
+            vec = positions[rows].unsqueeze(1) - positions.unsqueeze(0)  # r_i - r_j [B,N,3]
+            dist_sq = (vec**2).sum(-1)
+            dist = torch.sqrt(torch.where(self_mask, torch.ones_like(dist_sq), dist_sq))
+        else:
+            # energy only: cdist avoids the [B, N, 3] difference tensor (~20% faster);
+            # its backward gives zero gradient at the zero diagonal, masked below anyway
+            dist = torch.cdist(positions[rows], positions, compute_mode="donot_use_mm_for_euclid_dist")
+            dist = torch.where(self_mask, torch.ones_like(dist), dist)
         too_close = (dist.detach() < MIN_DISTANCE) & ~self_mask
         if too_close.any():
             a, b = torch.nonzero(too_close)[0].tolist()
