@@ -30,8 +30,13 @@ def random_neutral_ions(n_pairs: int, cell: np.ndarray, seed: int, min_distance:
     return atoms
 
 
-def numpy_coulomb(positions: np.ndarray, charges: np.ndarray, smearing: float = 0.0):
-    """Plain double loop: energy, potential, field in Gaussian units (k_e = 1)."""
+def numpy_coulomb(positions: np.ndarray, charges: np.ndarray, smearing=0.0):
+    """Plain double loop: energy, potential, field in Gaussian units (k_e = 1).
+
+    ``smearing``: one Gaussian width for all charges or one per atom (Å); the pair
+    kernel is erf(r / sqrt(2 (s_i^2 + s_j^2))) / r.
+    """
+    widths = np.broadcast_to(np.asarray(smearing, dtype=float), (len(positions),))
     from math import erf, exp, pi, sqrt
 
     n = len(positions)
@@ -44,8 +49,8 @@ def numpy_coulomb(positions: np.ndarray, charges: np.ndarray, smearing: float = 
                 continue
             r_vec = positions[i] - positions[j]
             r = sqrt(float(r_vec @ r_vec))
-            if smearing > 0:
-                w = 2 * smearing
+            w = sqrt(2 * (widths[i] ** 2 + widths[j] ** 2))
+            if w > 0:
                 f = erf(r / w) / r
                 g = (erf(r / w) / r - 2 / (sqrt(pi) * w) * exp(-((r / w) ** 2))) / r**2
             else:

@@ -24,6 +24,7 @@ from .validation import (
     check_cell,
     check_finite,
     check_shapes,
+    check_widths,
     check_slab_cell,
     warn_if_charged,
 )
@@ -40,7 +41,8 @@ class Electrostatics(torch.nn.Module):
     :param method: ``auto``, ``direct`` (open boundaries only), ``ewald`` or ``pme``.
         Non-periodic structures always use the direct sum.
     :param smearing: Gaussian width (std, Å) of every charge; 0 for point charges.
-        The self-energy of each Gaussian is excluded.
+        The self-energy of each Gaussian is excluded. ``forward(widths=...)`` takes
+        per-atom widths instead (e.g. learned per element).
     :param accuracy: target relative error of forces and energy (see
         :mod:`mace_lr.electrostatics.parameters`).
     :param parameters: fixed Ewald/PME settings for every periodic structure, instead
@@ -83,11 +85,14 @@ class Electrostatics(torch.nn.Module):
         batch: torch.Tensor | None = None,
         dipoles: torch.Tensor | None = None,
         compute_field: bool = False,
+        widths: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Energy [G] (eV), potential [N] (V) and, on request, field [N, 3] (V/Å).
 
         ``cell`` [G, 3, 3] (rows are lattice vectors), ``pbc`` [G, 3] bool, ``batch``
         [N] graph index of every atom (sorted). Defaults: one non-periodic structure.
+        ``widths`` [N]: Gaussian width of every charge (Å, >= 0; differentiable),
+        replacing the module's uniform ``smearing``.
         """
         n_atoms = positions.shape[0]
         if batch is None:
@@ -102,6 +107,11 @@ class Electrostatics(torch.nn.Module):
         cell = cell.to(positions.dtype)
         if dipoles is not None:
             dipoles = dipoles.to(positions.dtype)
+        if widths is None and self.smearing > 0.0:
+            widths = torch.full_like(charges, self.smearing)
+        if widths is not None:
+            widths = widths.to(positions.dtype)
+            check_widths(widths, n_atoms)
         check_shapes(positions, charges, cell, pbc, batch, dipoles)
         check_finite("positions", positions)
         check_finite("charges", charges)
@@ -120,6 +130,7 @@ class Electrostatics(torch.nn.Module):
                 positions[atoms],
                 charges[atoms],
                 None if dipoles is None else dipoles[atoms],
+                None if widths is None else widths[atoms],
                 cell[graph],
                 pbc[graph],
                 compute_field,
@@ -143,6 +154,7 @@ class Electrostatics(torch.nn.Module):
         positions: torch.Tensor,
         charges: torch.Tensor,
         dipoles: torch.Tensor | None,
+        widths: torch.Tensor | None,
         cell: torch.Tensor,
         pbc: torch.Tensor,
         compute_field: bool,
@@ -153,7 +165,7 @@ class Electrostatics(torch.nn.Module):
         if positions.shape[0] == 0:
             return positions.new_zeros(()), positions.new_zeros(0), positions.new_zeros(0, 3)
         if n_periodic == 0:
-            return direct_sum(positions, charges, dipoles, self.smearing, compute_field, graph)
+            return direct_sum(positions, charges, dipoles, widths, compute_field, graph)
         if self.method == "direct":
             raise ElectrostaticsInputError(
                 f"structure {graph} is periodic (pbc={pbc.tolist()}) but method='direct' "
@@ -178,7 +190,7 @@ class Electrostatics(torch.nn.Module):
         )
         if dipoles is None:
             potential, field = periodic_charge_sum(
-                positions, charges, cell, pbc, params, self.smearing, self.accuracy,
+                positions, charges, cell, pbc, params, widths, self.accuracy,
                 compute_field, graph,
             )
             return 0.5 * (charges * potential).sum(), potential, field
@@ -187,7 +199,7 @@ class Electrostatics(torch.nn.Module):
             dipole_params = choose_parameters("ewald", positions, charges, cell, self.accuracy)
         return periodic_charge_dipole_sum(
             positions, charges, dipoles, cell, pbc, params, dipole_params,
-            self.smearing, self.accuracy, graph,
+            widths, self.accuracy, graph,
         )
 
 

@@ -1,8 +1,9 @@
 """Exact direct sums for open (non-periodic) boundaries.
 
-Pair kernel of two Gaussian charges of equal width ``s`` (std, Å):
-``erf(r / (2 s)) / r``; ``s = 0`` gives point charges ``1 / r``. The self-energy of
-each Gaussian is *not* included, so ``s -> 0`` recovers the point-charge energy.
+Pair kernel of two Gaussian charges of widths ``s_i``, ``s_j`` (std, Å):
+``erf(r / w_ij) / r`` with ``w_ij = sqrt(2 (s_i^2 + s_j^2))`` (``erf(r / 2s) / r`` for
+equal widths); zero widths give point charges ``1 / r``. The self-energy of each
+Gaussian is *not* included, so ``s -> 0`` recovers the point-charge energy.
 Dipoles are point dipoles. All results are in units of the bare kernel (e/Å for
 potentials, e/Å^2 for fields); :mod:`mace_lr.electrostatics.coulomb` multiplies by k_e.
 
@@ -20,14 +21,25 @@ from .validation import ElectrostaticsInputError, MIN_DISTANCE
 BLOCK_ROWS = 1024
 
 
-def _kernel_and_radial_derivative(distance: torch.Tensor, smearing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """f(r) and g(r) = -f'(r) / r for the charge kernel (Å^-1, Å^-3)."""
+def pair_widths(widths_i: torch.Tensor, widths_j: torch.Tensor) -> torch.Tensor:
+    """Width w_ij = sqrt(2 (s_i^2 + s_j^2)) (Å) of the erf kernel of two Gaussian charges."""
+    return torch.sqrt(2.0 * (widths_i**2 + widths_j**2))
+
+
+def _kernel_and_radial_derivative(
+    distance: torch.Tensor, width: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(r) and g(r) = -f'(r) / r for the charge kernel (Å^-1, Å^-3); ``width`` w_ij."""
     inv = 1.0 / distance
-    if smearing <= 0.0:
+    if width is None:
         return inv, inv**3
-    width = 2.0 * smearing
-    erf_term = torch.erf(distance / width)
-    gauss = torch.exp(-((distance / width) ** 2)) * (2.0 / (math.sqrt(math.pi) * width))
+    smeared = width > 0.0
+    safe_width = torch.where(smeared, width, torch.ones_like(width))
+    x = distance / safe_width
+    erf_term = torch.where(smeared, torch.erf(x), torch.ones_like(x))
+    gauss = torch.where(
+        smeared, torch.exp(-(x**2)) * (2.0 / math.sqrt(math.pi)) / safe_width, torch.zeros_like(x)
+    )
     return erf_term * inv, (erf_term * inv - gauss) * inv**2
 
 
@@ -35,12 +47,13 @@ def direct_sum(
     positions: torch.Tensor,
     charges: torch.Tensor,
     dipoles: torch.Tensor | None,
-    smearing: float,
+    widths: torch.Tensor | None,
     compute_field: bool,
     graph: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Energy, potential and field of one open-boundary structure.
 
+    ``widths`` [N]: Gaussian width of every charge (Å), or None for point charges.
     Returns ``(energy [], potential [N], field [N, 3] or None)`` with
     energy = 1/2 sum_i q_i phi_i + (dipole terms), potential_i = dE/dq_i and field_i the
     field of all other sites at atom i (so dE/dmu_i = -field_i).
@@ -71,7 +84,8 @@ def direct_sum(
                 f"{float(dist[a, b]):.2e} Å); point charges there have infinite energy. "
                 "Remove the duplicate atom or check the positions."
             )
-        f, g = _kernel_and_radial_derivative(dist, smearing)
+        width = None if widths is None else pair_widths(widths[rows].unsqueeze(1), widths.unsqueeze(0))
+        f, g = _kernel_and_radial_derivative(dist, width)
         f = torch.where(self_mask, torch.zeros_like(f), f)
         g = torch.where(self_mask, torch.zeros_like(g), g)
         potential = potential.index_add(0, rows, f @ charges)
@@ -95,4 +109,4 @@ def direct_sum(
     return energy, potential, field if compute_field else None
 
 
-__all__ = ["direct_sum"]
+__all__ = ["direct_sum", "pair_widths"]

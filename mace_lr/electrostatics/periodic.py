@@ -2,9 +2,9 @@
 
 The kernel (point or Gaussian-smeared charges, point dipoles) is separate from the
 summation method, as in torch-pme: torch-pme sums point charges with Ewald splitting
-width sigma; Gaussian charges of width ``s`` differ from point charges only at short
-range, by the pair term ``-erfc(r / 2s) / r``, which we add over the same neighbour
-list. Net charge: torch-pme's neutralising-background term (energy and stress).
+width sigma; Gaussian charges of widths ``s_i`` differ from point charges only at short
+range, by the pair term ``-erfc(r / w_ij) / r`` (``w_ij = sqrt(2 (s_i^2 + s_j^2))``),
+which we add over the same neighbour list. Net charge: torch-pme's neutralising-background term (energy and stress).
 Slabs (pbc = two True): the 3D sum plus the Yeh-Berkowitz/Ballenegger correction of
 ``torchpme.CoulombPotential.pbc_correction``; the cell needs vacuum along the
 non-periodic axis.
@@ -21,14 +21,15 @@ import math
 import torch
 import torchpme
 
+from .direct import pair_widths
 from .neighbors import PairList, half_neighbor_list
 from .parameters import KSpaceParameters, SAFETY_FACTOR, _gaussian_tail_argument
 from .validation import check_min_distance
 
 
-def _smeared_cutoff(smearing: float, accuracy: float) -> float:
-    """Distance (Å) beyond which erfc(r / 2s) / r is negligible."""
-    return 2.0 * smearing * _gaussian_tail_argument(SAFETY_FACTOR * accuracy) / math.sqrt(2.0)
+def _smeared_cutoff(max_width: float, accuracy: float) -> float:
+    """Distance (Å) beyond which erfc(r / w_ij) / r is negligible for widths <= max_width."""
+    return 2.0 * max_width * _gaussian_tail_argument(SAFETY_FACTOR * accuracy) / math.sqrt(2.0)
 
 
 def _charge_calculator(params: KSpaceParameters, dtype: torch.dtype, device: torch.device) -> torchpme.Calculator:
@@ -66,26 +67,26 @@ def periodic_charge_sum(
     cell: torch.Tensor,
     periodic: torch.Tensor,
     params: KSpaceParameters,
-    smearing: float,
+    widths: torch.Tensor | None,
     accuracy: float,
     compute_field: bool,
     graph: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Potential [N] (e/Å, = dE/dq) and optionally field [N, 3] (e/Å^2) of one cell.
 
-    ``periodic`` [3] bool: all True (3D) or exactly two True (slab). ``smearing`` is the
-    physical Gaussian width of the charges (0 for point charges).
+    ``periodic`` [3] bool: all True (3D) or exactly two True (slab). ``widths`` [N]:
+    physical Gaussian widths of the charges (Å), or None for point charges.
     """
     n_atoms = positions.shape[0]
     cutoff = params.cutoff
-    if smearing > 0.0:
-        cutoff = max(cutoff, _smeared_cutoff(smearing, accuracy))
+    if widths is not None:
+        cutoff = max(cutoff, _smeared_cutoff(float(widths.detach().max()), accuracy))
     pairs = half_neighbor_list(positions, cell, True, cutoff)
     distances = torch.linalg.norm(pairs.vectors(positions, cell), dim=1)
     check_min_distance(distances, pairs.i, pairs.j, graph)
 
     if not compute_field:
-        potential = _site_potentials(positions, charges, cell, periodic, params, smearing, pairs, distances)
+        potential = _site_potentials(positions, charges, cell, periodic, params, widths, pairs, distances)
         return potential, None
     # the ghost trick needs autograd even under no_grad; keep the graph only when the
     # caller can differentiate the field (forces of field-dependent energies)
@@ -98,7 +99,7 @@ def periodic_charge_sum(
         site_pairs = _with_ghosts(pairs, n_atoms)
         potential = _site_potentials(
             sites, torch.cat([charges, torch.zeros_like(charges)]), cell, periodic, params,
-            smearing, site_pairs, torch.linalg.norm(site_pairs.vectors(sites, cell), dim=1),
+            None if widths is None else torch.cat([widths, widths]), site_pairs, torch.linalg.norm(site_pairs.vectors(sites, cell), dim=1),
         )
         (grad,) = torch.autograd.grad(potential[n_atoms:].sum(), ghost_shift, create_graph=keep_graph)
     if not keep_graph:
@@ -112,11 +113,13 @@ def _site_potentials(
     cell: torch.Tensor,
     periodic: torch.Tensor,
     params: KSpaceParameters,
-    smearing: float,
+    widths: torch.Tensor | None,
     pairs: PairList,
     distances: torch.Tensor,
 ) -> torch.Tensor:
-    """Potential (e/Å) at every site from all charges, torch-pme plus smearing term."""
+    """Potential (e/Å) at every site from all charges, torch-pme plus smearing term.
+
+    Ghost sites carry their twin's width, so they feel exactly what the atom feels."""
     calculator = _charge_calculator(params, sites.dtype, sites.device)
     half_potential = calculator(
         charges=charges.unsqueeze(-1),
@@ -127,8 +130,13 @@ def _site_potentials(
         periodic=None if bool(periodic.all()) else periodic,
     ).squeeze(-1)
     potential = 2.0 * half_potential
-    if smearing > 0.0:
-        correction = -torch.erfc(distances / (2.0 * smearing)) / distances
+    if widths is not None:
+        width = pair_widths(widths[pairs.i], widths[pairs.j])
+        smeared = width > 0.0
+        safe_width = torch.where(smeared, width, torch.ones_like(width))
+        correction = torch.where(
+            smeared, -torch.erfc(distances / safe_width) / distances, torch.zeros_like(distances)
+        )
         potential = potential + _scatter_pairs(correction, charges, pairs, sites.shape[0])
     return potential
 
@@ -169,7 +177,7 @@ def periodic_charge_dipole_sum(
     periodic: torch.Tensor,
     params: KSpaceParameters,
     dipole_params: KSpaceParameters,
-    smearing: float,
+    widths: torch.Tensor | None,
     accuracy: float,
     graph: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,7 +192,7 @@ def periodic_charge_dipole_sum(
     with torch.enable_grad():
         charge_offset = torch.zeros_like(charges, requires_grad=True)
         potential_q, field_q = periodic_charge_sum(
-            positions, charges + charge_offset, cell, periodic, params, smearing, accuracy,
+            positions, charges + charge_offset, cell, periodic, params, widths, accuracy,
             True, graph,
         )
         assert field_q is not None

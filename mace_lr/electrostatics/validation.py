@@ -60,6 +60,21 @@ def check_shapes(
         raise ElectrostaticsInputError(f"batch must have shape [N], got {list(batch.shape)}")
 
 
+def check_widths(widths: torch.Tensor, n_atoms: int) -> None:
+    """Gaussian widths: one per atom, finite, non-negative (Å)."""
+    if widths.shape != (n_atoms,):
+        raise ElectrostaticsInputError(
+            f"widths must have shape [N] = [{n_atoms}] (one Gaussian width per atom, Å), "
+            f"got {list(widths.shape)}"
+        )
+    check_finite("widths", widths)
+    if bool((widths.detach() < 0).any()):
+        raise ElectrostaticsInputError(
+            "widths must be >= 0 Å (0 means a point charge); a learned width should be "
+            "made positive, e.g. with softplus."
+        )
+
+
 def check_cell(cell: torch.Tensor, graph: int) -> None:
     """A periodic structure needs a cell with non-zero volume."""
     lengths = torch.linalg.norm(cell.detach(), dim=1)
