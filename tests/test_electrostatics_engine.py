@@ -436,3 +436,12 @@ def test_bad_widths_are_clear_errors():
         Electrostatics()(*args, widths=torch.tensor([0.5, -0.1, 0.5, 0.5]))
     with pytest.raises(ElectrostaticsInputError, match="NaN"):
         Electrostatics()(*args, widths=torch.tensor([0.5, float("nan"), 0.5, 0.5]))
+
+
+def test_unsorted_or_out_of_range_batch_is_rejected():
+    atoms = molecule(n=4)
+    args = (torch.tensor(atoms.positions), torch.tensor(atoms.get_initial_charges()), torch.zeros(2, 3, 3), torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ElectrostaticsInputError, match="non-decreasing"):
+        Electrostatics()(*args, torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ElectrostaticsInputError, match="non-decreasing"):
+        Electrostatics()(*args, torch.tensor([0, 0, 1, 2]))

@@ -58,6 +58,13 @@ def check_shapes(
         )
     if batch.shape != (n_atoms,):
         raise ElectrostaticsInputError(f"batch must have shape [N], got {list(batch.shape)}")
+    if n_atoms > 0 and (bool((batch[1:] < batch[:-1]).any()) or int(batch.min()) < 0
+                        or int(batch.max()) >= cell.shape[0]):
+        raise ElectrostaticsInputError(
+            f"batch must list the structure index (0..{cell.shape[0] - 1}) of every atom in "
+            "non-decreasing order, atoms of one structure contiguous (as torch_geometric "
+            "batches are)."
+        )
 
 
 def check_widths(widths: torch.Tensor, n_atoms: int) -> None:
