@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         keys = sorted(k for k, v in configs[0].properties.items() if v is not None)
         print(f"   {filename}: {len(configs)} structures read back by mace.data.utils.load_from_xyz; labels {keys}")
-    print("\nTrain on them with mace_run_train --energy_key=REF_energy --forces_key=REF_forces ...")
+    flags = " ".join(f"--{name}={key}" for name, key in data.MACE_TRAIN_KEYS.items())
+    print(f"\nTrain on them with: mace_run_train --train_file=... {flags}")
     return 0
 
 
