@@ -418,7 +418,19 @@ def test_per_atom_widths_forces_field_and_width_gradient(periodic):
     d_r, d_w = torch.autograd.grad(out["energy"].sum(), [positions, widths])
     torch.testing.assert_close(-d_r, charges[:, None] * out["field"].detach(), rtol=1e-7, atol=1e-8)
     h = 1e-5
-    for k in (1, 4, 7):
+    assert torch.isfinite(d_w).all()
+    for k in (0, 1, 4, 7):  # 0: a point charge (width 0), one-sided difference below
+        if MIXED_WIDTHS[k] == 0.0:
+            # E depends on s_k only through s_k^2 (w_ij = sqrt(2 (s_i^2 + s_j^2))), so the
+            # slope at s_k = 0 is 0: the energy change grows as h^2 (ratio 4 from h to 2h)
+            def changed(h):
+                bumped = widths.detach().clone()
+                bumped[k] += h
+                return engine(positions.detach(), charges, cell, pbc, widths=bumped)["energy"].item() - out["energy"].item()
+
+            assert d_w[k].item() == pytest.approx(0.0, abs=1e-12)
+            assert changed(2e-3) / changed(1e-3) == pytest.approx(4.0, rel=1e-2)
+            continue
         plus, minus = widths.detach().clone(), widths.detach().clone()
         plus[k] += h
         minus[k] -= h
@@ -445,3 +457,22 @@ def test_unsorted_or_out_of_range_batch_is_rejected():
         Electrostatics()(*args, torch.tensor([0, 1, 0, 1]))
     with pytest.raises(ElectrostaticsInputError, match="non-decreasing"):
         Electrostatics()(*args, torch.tensor([0, 0, 1, 2]))
+
+
+@pytest.mark.parametrize("with_dipoles", [False, True])
+def test_width_gradient_survives_the_field_path(with_dipoles):
+    """Only the widths require grad (a learned sigma_Z with fixed geometry): asking for
+    the field, or adding dipoles, must not cut dE/dwidth."""
+    atoms = random_neutral_ions(6, TRICLINIC, seed=5)
+    args = (torch.tensor(atoms.positions), torch.tensor(atoms.get_initial_charges()), torch.tensor(TRICLINIC)[None], torch.ones(1, 3, dtype=torch.bool))
+    dipoles = torch.tensor(np.random.default_rng(3).normal(scale=0.2, size=(12, 3))) if with_dipoles else None
+    engine = Electrostatics(method="ewald", accuracy=1e-9)
+    grads = []
+    for compute_field in (False, True):
+        widths = torch.tensor(MIXED_WIDTHS, requires_grad=True)
+        energy = engine(*args, dipoles=dipoles, compute_field=compute_field, widths=widths)["energy"].sum()
+        assert energy.requires_grad
+        (grad,) = torch.autograd.grad(energy, widths)
+        grads.append(grad)
+    assert torch.isfinite(grads[0]).all()  # zero widths (point charges) included
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)

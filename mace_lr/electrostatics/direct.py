@@ -22,8 +22,14 @@ BLOCK_ROWS = 1024
 
 
 def pair_widths(widths_i: torch.Tensor, widths_j: torch.Tensor) -> torch.Tensor:
-    """Width w_ij = sqrt(2 (s_i^2 + s_j^2)) (Å) of the erf kernel of two Gaussian charges."""
-    return torch.sqrt(2.0 * (widths_i**2 + widths_j**2))
+    """Width w_ij = sqrt(2 (s_i^2 + s_j^2)) (Å) of the erf kernel of two Gaussian charges.
+
+    Two point charges give w = 0 with gradient 0 (the kernel is flat in w there); a
+    plain sqrt would give 0/0 = NaN in the backward pass.
+    """
+    squared = 2.0 * (widths_i**2 + widths_j**2)
+    positive = squared > 0.0
+    return torch.where(positive, torch.sqrt(torch.where(positive, squared, torch.ones_like(squared))), torch.zeros_like(squared))
 
 
 def _kernel_and_radial_derivative(

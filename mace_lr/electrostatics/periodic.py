@@ -54,6 +54,11 @@ def _with_ghosts(pairs: PairList, n_atoms: int) -> PairList:
     )
 
 
+def _caller_needs_graph(*inputs: torch.Tensor | None) -> bool:
+    """True when the caller can differentiate the outputs (any input requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+
+
 def _scatter_pairs(values: torch.Tensor, charges: torch.Tensor, pairs: PairList, n_sites: int) -> torch.Tensor:
     """phi_i = sum_j q_j v_ij over a half list (both directions)."""
     out = charges.new_zeros(n_sites)
@@ -90,16 +95,16 @@ def periodic_charge_sum(
         return potential, None
     # the ghost trick needs autograd even under no_grad; keep the graph only when the
     # caller can differentiate the field (forces of field-dependent energies)
-    keep_graph = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (positions, charges, cell)
-    )
+    keep_graph = _caller_needs_graph(positions, charges, cell, widths)
     with torch.enable_grad():
         ghost_shift = torch.zeros_like(positions, requires_grad=True)
         sites = torch.cat([positions, positions + ghost_shift])
         site_pairs = _with_ghosts(pairs, n_atoms)
+        site_widths = None if widths is None else torch.cat([widths, widths])
+        site_distances = torch.linalg.norm(site_pairs.vectors(sites, cell), dim=1)
         potential = _site_potentials(
             sites, torch.cat([charges, torch.zeros_like(charges)]), cell, periodic, params,
-            None if widths is None else torch.cat([widths, widths]), site_pairs, torch.linalg.norm(site_pairs.vectors(sites, cell), dim=1),
+            site_widths, site_pairs, site_distances,
         )
         (grad,) = torch.autograd.grad(potential[n_atoms:].sum(), ghost_shift, create_graph=keep_graph)
     if not keep_graph:
@@ -186,9 +191,7 @@ def periodic_charge_dipole_sum(
     E = E_qq + E_qmu + E_mumu with E_qmu = -sum_i mu_i . E^q_i; the dipoles' potential
     at the charges is dE_qmu/dq by autograd. ``dipole_params`` must be Ewald settings.
     """
-    keep_graph = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (positions, charges, dipoles, cell)
-    )
+    keep_graph = _caller_needs_graph(positions, charges, dipoles, cell, widths)
     with torch.enable_grad():
         charge_offset = torch.zeros_like(charges, requires_grad=True)
         potential_q, field_q = periodic_charge_sum(
