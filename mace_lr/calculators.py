@@ -71,7 +71,6 @@ class CoulombCalculator(Calculator):
         charges = torch.tensor(self._charges_for(atoms), dtype=torch.float64)
         pbc = torch.tensor(atoms.pbc, dtype=torch.bool).unsqueeze(0)
         inputs = [positions]
-        strain = None
         strained_positions, strained_cell = positions, cell
         if periodic:
             strained_positions, strained_cell, strain = strained_geometry(positions, cell)
