@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from .electrostatics import Electrostatics, ElectrostaticsInputError
 
@@ -85,3 +86,121 @@ class CoulombCalculator(Calculator):
 
 
 __all__ = ["CoulombCalculator", "strained_geometry"]
+
+
+def load_model(path: str, device: str = "cpu") -> torch.nn.Module:
+    """A saved model: ``torch.save``'d MACE/MACE-LR module or a TorchScript (``_compiled``) file."""
+    import mace  # noqa: F401  (registers MACE classes for unpickling; before e3nn)
+
+    try:
+        model = torch.jit.load(path, map_location=device)
+    except RuntimeError:
+        model = torch.load(path, map_location=device, weights_only=False)
+    return model.to(device)
+
+
+class MACELRCalculator(Calculator):
+    """ASE calculator for mace-lr models (also plain MACE models).
+
+    :param model_paths: path of a saved model (or a list: a committee, averaged).
+    :param device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    :param default_dtype: ``"float64"`` or ``"float32"`` (the model is cast to it).
+    :param external_field: uniform field (V/Å) used when ``atoms.info`` has none.
+    :param total_charge: total charge (e) used when ``atoms.info`` has none.
+
+    Properties: energy, free_energy, energies (per atom, eV), forces (eV/Å), stress
+    (eV/Å^3, 3D-periodic only), charges (e), dipole (e·Å), electrostatic_energy (eV)
+    and, only when asked for, bec: ``calc.get_property("bec", atoms)`` is an (N, 3, 3)
+    array with ``bec[i, a, b] = d mu_b / d r_{i,a}`` (e).
+    """
+
+    implemented_properties = [
+        "energy", "free_energy", "energies", "forces", "stress", "charges", "dipole",
+        "electrostatic_energy", "bec",
+    ]
+    #: computed only when requested (costly autograd passes)
+    on_request = ("bec",)
+
+    def __init__(
+        self,
+        model_paths: str | Sequence[str],
+        device: str = "cpu",
+        default_dtype: str = "float64",
+        external_field: Sequence[float] | None = None,
+        total_charge: float | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        from mace.tools import AtomicNumberTable
+
+        paths = [model_paths] if isinstance(model_paths, str) else list(model_paths)
+        if not paths:
+            raise ValueError("model_paths is empty; give the path of a saved model")
+        if default_dtype not in ("float64", "float32"):
+            raise ValueError(f"default_dtype must be 'float64' or 'float32', got {default_dtype!r}")
+        self.dtype = getattr(torch, default_dtype)
+        self.device = device
+        self.models = [load_model(path, device).to(self.dtype) for path in paths]
+        for model in self.models:
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+        first = self.models[0]
+        self.r_max = float(first.r_max)
+        self.z_table = AtomicNumberTable([int(z) for z in first.atomic_numbers])
+        self.model_heads = list(getattr(first, "heads", ["Default"]))
+        self.long_range = str(getattr(first, "long_range", "none"))
+        self.default_field = None if external_field is None else np.asarray(external_field, float).reshape(3)
+        self.default_total_charge = total_charge
+
+    def _batch(self, atoms: Atoms) -> dict:
+        from .batching import atoms_to_batch
+
+        charge = atoms.info.get("total_charge", self.default_total_charge or 0.0)
+        field = atoms.info.get("external_field", self.default_field)
+        if field is not None and np.any(np.asarray(field) != 0.0) and self.long_range == "none":
+            raise ValueError(
+                "an external field needs a model with charges or dipoles; this model has no "
+                "long-range head (train with --long_range charges or latent)"
+            )
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            return atoms_to_batch(
+                [atoms], self.z_table, self.r_max, head=self.model_heads[0], heads=self.model_heads,
+                total_charges=[charge], external_fields=None if field is None else [field],
+                device=self.device,
+            )
+        finally:
+            torch.set_default_dtype(previous)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        periodic = bool(self.atoms.pbc.all())
+        want_bec = "bec" in properties
+        collected: dict[str, list[np.ndarray]] = {}
+        for model in self.models:
+            batch = self._batch(self.atoms)
+            kwargs = {"compute_stress": periodic}
+            if want_bec:
+                if self.long_range == "none":
+                    raise ValueError("BEC needs a model with charges (a long-range head)")
+                kwargs["compute_bec"] = True
+            out = model(batch, **kwargs)
+            for key in ("energy", "node_energy", "forces", "stress", "charges", "dipole", "electrostatic_energy", "bec"):
+                value = out.get(key)
+                if value is not None:
+                    collected.setdefault(key, []).append(value.detach().cpu().numpy())
+        mean = {key: np.mean(values, axis=0) for key, values in collected.items()}
+        self.results["energy"] = float(mean["energy"][0])
+        self.results["free_energy"] = self.results["energy"]
+        self.results["energies"] = mean["node_energy"]
+        self.results["forces"] = mean["forces"]
+        if periodic and "stress" in mean:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(mean["stress"][0])
+        for key in ("charges", "electrostatic_energy", "bec"):
+            if key in mean:
+                self.results[key] = mean[key] if key != "electrostatic_energy" else float(mean[key][0])
+        if "dipole" in mean:
+            self.results["dipole"] = mean["dipole"][0]
+        if len(self.models) > 1:
+            self.results["energy_var"] = float(np.var([e[0] for e in collected["energy"]]))

@@ -1,0 +1,80 @@
+"""ASE Atoms -> MACE batch dictionaries (what the calculator, eval and i-PI driver feed models).
+
+Reads ``atoms.info["total_charge"]`` (e) and ``atoms.info["external_field"]`` (V/Å) and
+rejects input that would give silent nonsense: NaN positions, atoms on top of each
+other, elements the model does not know, periodic structures without a cell.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import mace  # noqa: F401  (before e3nn)
+import numpy as np
+import torch
+from ase import Atoms
+from mace import data as mace_data
+from mace.tools import AtomicNumberTable, torch_geometric
+
+from .electrostatics.neighbors import half_neighbor_list
+
+#: Atoms closer than this (Å) are reported as overlapping.
+OVERLAP_DISTANCE = 0.1
+
+
+class StructureError(ValueError):
+    """A structure a model cannot evaluate; the message says what to fix."""
+
+
+def check_atoms(atoms: Atoms, z_table: AtomicNumberTable) -> None:
+    """Raise :class:`StructureError` for input that a model would get silently wrong."""
+    positions = atoms.get_positions()
+    if not np.all(np.isfinite(positions)):
+        raise StructureError("positions contain NaN or infinity; check the structure")
+    unknown = sorted(set(int(z) for z in atoms.numbers) - set(int(z) for z in z_table.zs))
+    if unknown:
+        raise StructureError(
+            f"elements {unknown} are not in the model (it knows {list(z_table.zs)}); "
+            "use a model trained on these elements"
+        )
+    pbc = atoms.get_pbc()
+    if pbc.any() and abs(atoms.cell.volume) < 1e-9 and pbc.sum() == 3:
+        raise StructureError("periodic structure without a cell; set atoms.cell or atoms.pbc = False")
+    if len(atoms) > 1:
+        pairs = half_neighbor_list(
+            torch.tensor(positions), torch.tensor(np.asarray(atoms.cell)), tuple(bool(p) for p in pbc),
+            OVERLAP_DISTANCE,
+        )
+        if pairs.i.numel() > 0:
+            i, j = int(pairs.i[0]), int(pairs.j[0])
+            raise StructureError(
+                f"atoms {i} and {j} are closer than {OVERLAP_DISTANCE} Å (overlapping); fix the geometry"
+            )
+
+
+def atoms_to_batch(
+    atoms_list: Sequence[Atoms],
+    z_table: AtomicNumberTable,
+    r_max: float,
+    head: str = "Default",
+    heads: Optional[Sequence[str]] = None,
+    total_charges: Optional[Sequence[float]] = None,
+    external_fields: Optional[Sequence[Sequence[float]]] = None,
+    device: str = "cpu",
+) -> dict:
+    """One MACE batch dict for ``atoms_list`` in the current default dtype."""
+    items = []
+    head_names = list(heads) if heads is not None else [head]
+    for index, atoms in enumerate(atoms_list):
+        check_atoms(atoms, z_table)
+        config = mace_data.config_from_atoms(atoms)
+        config.head = head
+        charge = total_charges[index] if total_charges is not None else atoms.info.get("total_charge", 0.0)
+        field = external_fields[index] if external_fields is not None else atoms.info.get("external_field")
+        config.properties["total_charge"] = float(charge)
+        if field is not None:
+            field = np.asarray(field, dtype=float).reshape(3)
+            config.properties["external_field"] = field
+        items.append(mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=head_names))
+    loader = torch_geometric.dataloader.DataLoader(items, batch_size=len(items), shuffle=False, drop_last=False)
+    return next(iter(loader)).to(device).to_dict()

@@ -1,0 +1,34 @@
+"""Name -> head module, in one place (the only dispatch on head names)."""
+
+from __future__ import annotations
+
+from typing import List, Mapping, Optional, Sequence
+
+import torch
+
+from ..electrostatics.graph import GraphCoulomb
+from .charges import build_charges_head
+from .config import LongRangeConfig
+from .latent import build_latent_head
+
+
+def build_heads(
+    config: LongRangeConfig,
+    num_scalars: int,
+    atomic_numbers: Sequence[int],
+    r_max: float,
+    element_charges: Optional[Mapping[int, float]] = None,
+) -> List[torch.nn.Module]:
+    """Modules for ``config.heads``, in order, sharing one Coulomb setting."""
+    coulomb = GraphCoulomb(
+        width=config.charge_width, cutoff=r_max, accuracy=config.accuracy, method=config.method
+    )
+    heads: List[torch.nn.Module] = []
+    for name in config.heads:
+        if name == "charges":
+            heads.append(build_charges_head(num_scalars, atomic_numbers, coulomb, config.readout_hidden, element_charges))
+        elif name == "latent":
+            heads.append(build_latent_head(num_scalars, atomic_numbers, coulomb, config.readout_hidden))
+        else:  # LongRangeConfig validated the names
+            raise AssertionError(name)
+    return heads
