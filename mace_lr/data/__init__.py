@@ -6,7 +6,7 @@ writes them to extxyz. The command ``mace_lr_generate`` wraps them.
 """
 
 from .clusters import CLUSTER_SYSTEMS, generate_clusters
-from .dimers import generate_dimers
+from .dimers import dimer_scan, generate_dimers
 from .field import generate_field
 from .io import MACE_TRAIN_KEYS, labelled_atoms, mace_key_specification, read_dataset, write_dataset
 from .molecules import DIMER_MONOMERS, FIELD_MOLECULES, MOLECULES
@@ -26,6 +26,7 @@ __all__ = [
     "XTBResult",
     "born_mayer_repulsion",
     "generate_clusters",
+    "dimer_scan",
     "generate_dimers",
     "generate_field",
     "generate_random_charges",

@@ -17,6 +17,8 @@ charge) in e; ``max_charge_transfer`` rejects and redraws configurations above a
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from ase import Atoms
 
@@ -127,4 +129,41 @@ def generate_dimers(
     return generate_configs(sample, n_configs, seed, progress=progress, desc="dimers")
 
 
-__all__ = ["contact_shift", "generate_dimers", "sample_dimer"]
+def dimer_scan(
+    first: str,
+    second: str,
+    separations: Sequence[float],
+    seed: int = 0,
+    accuracy: float = DEFAULT_ACCURACY,
+) -> list[Atoms]:
+    """xTB-labelled rigid scan: monomer ``second`` moved away from ``first`` along one line.
+
+    ``separations``: closest intermolecular distances (Å); both monomers keep one random
+    orientation (``seed``). Labels and info as in :func:`generate_dimers`.
+    """
+    molecules = get_molecules([first, second])
+    rng = np.random.default_rng(seed)
+    fixed = random_pose(molecules[0].positions, rng, 0.0)
+    moving = random_pose(molecules[1].positions, rng, 0.0)
+    direction = random_unit_vector(rng)
+    scan = []
+    for separation in separations:
+        check_positive("separation", separation)
+        shift = contact_shift(fixed, moving, direction, float(separation))
+        if shift is None:
+            raise InvalidOption(f"the monomers never come within {separation} Å along the scan line")
+        positions = np.vstack([fixed, moving + shift * direction])
+        labelled = xtb_labelled_atoms(
+            list(molecules[0].atoms().numbers) + list(molecules[1].atoms().numbers),
+            positions,
+            total_charge=molecules[0].charge + molecules[1].charge,
+            config_type="dimer_scan",
+            accuracy=accuracy,
+        )
+        labelled.info["monomers"] = f"{first} {second}"
+        labelled.info["separation"] = float(separation)
+        scan.append(labelled)
+    return scan
+
+
+__all__ = ["contact_shift", "dimer_scan", "generate_dimers", "sample_dimer"]

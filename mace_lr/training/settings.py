@@ -1,0 +1,143 @@
+"""``mace_lr_run_train`` arguments: MACE's parser plus the long-range flags, and their checks.
+
+Every ``mace_run_train`` argument (and YAML ``--config`` file) is accepted unchanged; the
+extra flags are listed in :func:`add_long_range_arguments`. MACE's own ``--dipole_weight``
+and ``--swa_dipole_weight`` weight the dipole term of the long-range loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from mace import tools
+
+from ..electrostatics.graph import GRAPH_METHODS
+from ..heads import LongRangeConfig, parse_long_range
+
+#: ``--charges_weight`` when not given: fit charges only with the explicit ``charges`` head.
+DEFAULT_CHARGES_WEIGHT = 100.0
+
+#: MACE model types that :func:`mace_lr.models.build_macelr` can wrap (both give ScaleShiftMACE).
+WRAPPABLE_MODELS = ("MACE", "ScaleShiftMACE")
+
+
+def _long_range_text(text: str) -> str:
+    """Canonical ``--long_range`` value ("none" or "a+b"); argparse error if unknown."""
+    try:
+        heads = parse_long_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return "+".join(heads) if heads else "none"
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the long-range flags to a (MACE) argument parser; returns it."""
+    group = parser.add_argument_group("long-range electrostatics (mace-lr)")
+    group.add_argument(
+        "--long_range", type=_long_range_text, default="none",
+        help="long-range heads: none, charges, latent, or a '+' combination (e.g. charges+latent)",
+    )
+    group.add_argument("--lr_charge_width", type=_non_negative, default=1.0,
+                       help="Gaussian std of the model charges (Å); 0 = point charges")
+    group.add_argument(
+        "--electrostatics_method", choices=GRAPH_METHODS, default="auto",
+        help="Coulomb sum for periodic graphs: auto (Ewald, PME for large cells), ewald, pme, or direct "
+        "(data without periodic structures); non-periodic graphs always use the direct sum",
+    )
+    group.add_argument("--electrostatics_accuracy", type=_positive, default=1e-5,
+                       help="relative accuracy of the Coulomb sums")
+    group.add_argument("--lr_readout_hidden", type=_non_negative_int, default=32,
+                       help="hidden width of the charge readout MLPs (0 = linear)")
+    group.add_argument(
+        "--charges_weight", type=_non_negative, default=None,
+        help=f"weight of the per-atom charge MSE (e^-2); default {DEFAULT_CHARGES_WEIGHT} with the "
+        "'charges' head, 0 otherwise. Configs without reference charges never contribute",
+    )
+    group.add_argument("--bec_weight", type=_non_negative, default=0.0,
+                       help="weight of the Born effective charge loss (not available yet: must be 0)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """MACE's ``mace_run_train`` parser with the long-range flags added."""
+    return add_long_range_arguments(tools.build_default_arg_parser())
+
+
+@dataclass(frozen=True)
+class LongRangeTraining:
+    """What the long-range side of training needs, resolved from the arguments.
+
+    long_range: the heads' settings (``heads == ()``: plain MACE, nothing is wrapped);
+    charges_weight (e^-2), dipole_weight, swa_dipole_weight: loss weights (stage one, two).
+    """
+
+    long_range: LongRangeConfig
+    charges_weight: float
+    dipole_weight: float
+    swa_dipole_weight: float
+
+    @property
+    def active(self) -> bool:
+        return bool(self.long_range.heads)
+
+
+def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
+    """Check the long-range arguments against MACE's and resolve defaults; ValueError if inconsistent."""
+    heads = parse_long_range(args.long_range)
+    if args.bec_weight > 0.0:
+        raise ValueError(
+            "--bec_weight > 0 is not supported yet: MACE's AtomicData does not carry reference "
+            "Born charges (REF_bec) and its training loop never asks the model for them"
+        )
+    if args.distributed and args.launcher == "none":
+        raise ValueError("--distributed needs --launcher torchrun, slurm or mpi (MACE starts no process group with 'none')")
+    charges_weight = args.charges_weight
+    if charges_weight is None:
+        charges_weight = DEFAULT_CHARGES_WEIGHT if "charges" in heads else 0.0
+    if heads:
+        if args.model not in WRAPPABLE_MODELS:
+            raise ValueError(f"--long_range {args.long_range} needs --model MACE or ScaleShiftMACE, got {args.model}")
+        if getattr(args, "enable_cueq", False) or getattr(args, "enable_oeq", False) or getattr(args, "only_cueq", False):
+            raise ValueError("--long_range does not support --enable_cueq/--enable_oeq/--only_cueq yet")
+        if args.loss in ("dipole", "dipole_polar", "energy_forces_dipole"):
+            raise ValueError(
+                f"--loss {args.loss} is for MACE's dipole models; with --long_range the dipole term is "
+                "added to any energy/forces loss, weighted by --dipole_weight"
+            )
+    elif args.charges_weight:
+        raise ValueError("--charges_weight needs a charge head (--long_range charges, latent, ...)")
+    config = LongRangeConfig(
+        heads=heads,
+        charge_width=args.lr_charge_width,
+        method=args.electrostatics_method,
+        accuracy=args.electrostatics_accuracy,
+        readout_hidden=args.lr_readout_hidden,
+    )
+    return LongRangeTraining(
+        long_range=config,
+        charges_weight=float(charges_weight),
+        dipole_weight=float(args.dipole_weight),
+        swa_dipole_weight=float(args.swa_dipole_weight),
+    )
