@@ -1,0 +1,192 @@
+"""Shared helpers of the accuracy benchmarks: data, training, evaluation, tables.
+
+Training runs ``mace_lr_run_train`` in a subprocess (``OMP_NUM_THREADS`` etc. set to
+``--threads``), so that each model is trained exactly as a user would train it; the log
+goes to ``<workdir>/<name>.log``. Evaluation uses :class:`mace_lr.calculators.MACELRCalculator`
+in float64 on held-out configurations. Units: eV, Å, e; tables in meV, meV/Å, e.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Sequence
+
+import numpy as np
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env(threads: int) -> Dict[str, str]:
+    """The current environment with every BLAS/OpenMP thread count set to ``threads``."""
+    env = dict(os.environ)
+    env.update({name: str(threads) for name in THREAD_VARIABLES})
+    return env
+
+
+def generate(kind: str, n_configs: int, seed: int, output: Path, *extra: str) -> float:
+    """``mace_lr_generate kind -n n_configs --seed seed -o output extra...``; seconds taken."""
+    start = time.perf_counter()
+    cmd = ["mace_lr_generate", kind, "-n", str(n_configs), "--seed", str(seed), "-o", str(output), "-q", *extra]
+    subprocess.run(cmd, check=True, env=thread_env(1))
+    return time.perf_counter() - start
+
+
+def split(configs: Sequence, test_fraction: float, seed: int) -> tuple[list, list]:
+    """Random (train, test) split; at least one test configuration."""
+    order = np.random.default_rng(seed).permutation(len(configs))
+    n_test = max(1, int(round(test_fraction * len(configs))))
+    return [configs[i] for i in order[n_test:]], [configs[i] for i in order[:n_test]]
+
+
+def mace_flags(options: Mapping[str, object]) -> List[str]:
+    """``{"max_L": 0, "ema": True, "swa": False}`` -> ``["--max_L=0", "--ema"]``."""
+    flags = []
+    for key, value in options.items():
+        if value is True:
+            flags.append(f"--{key}")
+        elif value is not False and value is not None:
+            flags.append(f"--{key}={value}")
+    return flags
+
+
+def start_training(workdir: Path, name: str, options: Mapping[str, object], threads: int) -> subprocess.Popen:
+    """Launch ``mace_lr_run_train --name name --work_dir workdir/name <options>``."""
+    cmd = ["mace_lr_run_train", f"--name={name}", f"--work_dir={workdir / name}", *mace_flags(options)]
+    log = open(workdir / f"{name}.log", "w")  # closed when the process object is collected
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
+    process.started = time.perf_counter()  # type: ignore[attr-defined]
+    process.name = name  # type: ignore[attr-defined]
+    return process
+
+
+def finish_training(process: subprocess.Popen, workdir: Path) -> tuple[Path, float]:
+    """Wait for a training; (model path, wall seconds). RuntimeError with the log tail on failure."""
+    name = process.name  # type: ignore[attr-defined]
+    returncode = process.wait()
+    seconds = time.perf_counter() - process.started  # type: ignore[attr-defined]
+    log = (workdir / f"{name}.log").read_text()
+    if returncode != 0:
+        raise RuntimeError(f"training {name} failed (exit {returncode}); log tail:\n{log[-3000:]}")
+    model = trained_model(workdir, name)
+    if model is None:
+        raise RuntimeError(f"training {name} wrote no model in {workdir / name}")
+    (workdir / f"{name}.seconds").write_text(f"{seconds:.1f}\n")
+    return model, seconds
+
+
+def trained_model(workdir: Path, name: str) -> Path | None:
+    """The final model of run ``name`` (stage two if there is one), or None."""
+    folder = workdir / name
+    for candidate in (folder / f"{name}_stagetwo.model", folder / f"{name}.model"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def train_all(workdir: Path, runs: Mapping[str, Mapping[str, object]], threads: int, parallel: bool,
+              reuse: bool = False) -> Dict[str, tuple[Path, float]]:
+    """Train every ``name -> options`` run, one after the other or all at once.
+
+    ``reuse``: keep a run's model if ``workdir`` already has it (from an earlier call).
+    """
+    results: Dict[str, tuple[Path, float]] = {}
+    if reuse:
+        for name in runs:
+            model, seconds_file = trained_model(workdir, name), workdir / f"{name}.seconds"
+            if model is not None:
+                seconds = float(seconds_file.read_text()) if seconds_file.exists() else float("nan")
+                results[name] = (model, seconds)
+                print(f"reusing {model}")
+        runs = {name: options for name, options in runs.items() if name not in results}
+    if parallel:
+        processes = [start_training(workdir, name, options, threads) for name, options in runs.items()]
+        for process in processes:
+            results[process.name] = finish_training(process, workdir)  # type: ignore[attr-defined]
+        return results
+    for name, options in runs.items():
+        print(f"training {name} ...", flush=True)
+        results[name] = finish_training(start_training(workdir, name, options, threads), workdir)
+        print(f"  done in {results[name][1]:.0f} s", flush=True)
+    return results
+
+
+def predict(model_path: Path, configs: Iterable, threads: int = 1) -> List[Dict[str, np.ndarray]]:
+    """Per configuration: energy (eV), forces [N, 3] (eV/Å), charges [N] (e) or None, dipole."""
+    import torch
+
+    import mace  # noqa: F401  (before e3nn)
+    from mace_lr.calculators import MACELRCalculator
+
+    torch.set_num_threads(threads)
+    calc = MACELRCalculator(model_paths=str(model_path), default_dtype="float64")
+    out = []
+    for atoms in configs:
+        probe = atoms.copy()
+        probe.calc = calc
+        energy = probe.get_potential_energy()
+        out.append({
+            "energy": energy,
+            "forces": probe.get_forces(),
+            "charges": calc.results.get("charges"),
+            "dipole": calc.results.get("dipole"),
+        })
+    return out
+
+
+def energy_force_errors(configs: Sequence, predictions: Sequence[Mapping]) -> Dict[str, np.ndarray]:
+    """Signed energy errors per configuration (eV), per atom (eV), and force component errors (eV/Å)."""
+    n_atoms = np.array([len(a) for a in configs], dtype=float)
+    d_energy = np.array([p["energy"] - a.info["REF_energy"] for a, p in zip(configs, predictions)])
+    d_forces = [p["forces"] - a.arrays["REF_forces"] for a, p in zip(configs, predictions)]
+    return {"energy": d_energy, "energy_per_atom": d_energy / n_atoms, "forces": d_forces}
+
+
+def mae(values) -> float:
+    """Mean absolute value of an array or of a list of arrays."""
+    if isinstance(values, list):
+        values = np.concatenate([np.ravel(v) for v in values]) if values else np.zeros(0)
+    return float(np.mean(np.abs(values))) if np.size(values) else float("nan")
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table; floats with 4 significant digits."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "-" if np.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """One line describing the machine and software (for RESULTS.md)."""
+    import torch
+
+    import mace
+
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, mace-torch {mace.__version__}")
+
+
+def print_settings(title: str, options: Mapping[str, object]) -> None:
+    print(f"\n{title}: `mace_lr_run_train " + " ".join(mace_flags(options)) + "`")
+
+
+def read_configs(path: Path) -> list:
+    from ase.io import read
+
+    return read(str(path), ":")
+
+
+def write_configs(path: Path, configs: Sequence) -> Path:
+    from ase.io import write
+
+    write(str(path), list(configs), format="extxyz")
+    return path

@@ -1,0 +1,224 @@
+"""Accuracy: charged molecular dimers (GFN2-xTB) beyond the backbone's receptive field.
+
+Data: ``mace_lr_generate dimers`` (two of H2O NH3 HF NH4+ OH- Cl- HCOO- CH3NH3+, random
+orientations, shortest intermolecular distance d ~ U(2, 15) Å), with
+``--max-charge-transfer`` dropping dimers whose xTB charges leak between the monomers
+(GFN2-xTB's delocalisation error for OH-/cation pairs at long range).
+
+Models, same backbone, data, split, seed and budget:
+* ``none``: short-range MACE. For d > r_max the graph has no edge between the monomers,
+  so it predicts E(A) + E(B) whatever d is (2 r_max is the nominal receptive field);
+* ``charges``: explicit charges fitted to the xTB charges (``--charges_weight``);
+* ``latent``: latent charges from energies and forces only (``--dipole_weight 0``);
+* ``latent_mu``: latent charges, plus the xTB dipole in the loss (``--dipole_weight``).
+
+Reported on the test set: energy MAE per dimer (meV) binned by d (< r_max, r_max to
+2 r_max, > 2 r_max), force MAE (meV/Å, components), charge MAE against xTB (e), dipole
+MAE (e·Å, Cartesian components), and rigid scans of three pairs along d (interaction energy against the isolated monomers).
+
+    python benchmarks/accuracy_dimers.py --quick      # smoke test, < 1 min
+    python benchmarks/accuracy_dimers.py              # full run (see RESULTS.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _training as tr
+
+#: run name -> (--long_range, extra options)
+MODELS = {
+    "none": ("none", {}),
+    "charges": ("charges", {"dipole_weight": 0.0}),
+    "latent": ("latent", {"dipole_weight": 0.0}),
+    "latent_mu": ("latent", {}),  # dipole_weight from --dipole-weight
+}
+#: rigid binding-curve scans: (first, second) monomers, distances in Å
+SCAN_PAIRS = (("HCOO-", "Cl-"), ("NH4+", "H2O"), ("NH4+", "Cl-"))
+SCAN_DISTANCES = (2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
+PAIR_CLASSES = ("cation-anion", "like charges", "ion-neutral", "neutral-neutral")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny data, 1 epoch (smoke test)")
+    parser.add_argument("--workdir", type=Path, default=None, help="data, models and logs (default: a temp folder)")
+    parser.add_argument("--n-configs", type=int, default=2000)
+    parser.add_argument("--max-charge-transfer", type=float, default=0.05, help="e; generator filter")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training part")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--max-L", type=int, default=1)
+    parser.add_argument("--correlation", type=int, default=2)
+    parser.add_argument("--r-max", type=float, default=4.0)
+    parser.add_argument("--energy-weight", type=float, default=10.0, help="stage one (stage two: 1000)")
+    parser.add_argument("--start-swa", type=float, default=0.6, help="stage two from this fraction of the epochs")
+    parser.add_argument("--charge-width", type=float, default=0.5, help="model charge Gaussian std, Å")
+    parser.add_argument("--charges-weight", type=float, default=100.0)
+    parser.add_argument("--dipole-weight", type=float, default=1.0, help="for latent_mu")
+    parser.add_argument("--dtype", default="float32", help="training dtype (evaluation is float64)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="threads per training process")
+    parser.add_argument("--parallel", action="store_true", help="train the models at the same time")
+    parser.add_argument("--reuse", action="store_true", help="evaluate models already trained in --workdir")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n_configs, args.epochs, args.batch_size = 40, 1, 8
+    return args
+
+
+def training_options(args, train_file: Path, test_file: Path, run: str) -> dict:
+    """mace_lr_run_train options; identical for every run except the long-range ones."""
+    long_range, extra = MODELS[run]
+    options = {
+        "train_file": train_file, "test_file": test_file, "valid_fraction": args.valid_fraction,
+        "energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
+        "dipole_key": "REF_dipole", "total_charge_key": "total_charge",
+        "model": "MACE", "num_channels": args.channels, "max_L": args.max_L, "num_interactions": 2,
+        "correlation": args.correlation, "r_max": args.r_max, "E0s": "average",
+        "batch_size": args.batch_size, "valid_batch_size": 32, "max_num_epochs": args.epochs, "lr": args.lr,
+        "energy_weight": args.energy_weight, "forces_weight": 100.0, "ema": True, "ema_decay": 0.99,
+        "swa": not args.quick, "start_swa": max(1, int(args.start_swa * args.epochs)), "swa_lr": args.lr / 10,
+        "swa_energy_weight": 1000.0, "swa_forces_weight": 100.0,
+        "error_table": "PerAtomMAE", "default_dtype": args.dtype, "device": "cpu", "seed": args.seed,
+        "long_range": long_range,
+    }
+    if long_range != "none":
+        options.update(lr_charge_width=args.charge_width, dipole_weight=args.dipole_weight,
+                       swa_dipole_weight=args.dipole_weight)
+        options.update({key: value for key, value in extra.items()})
+        if "dipole_weight" in extra:
+            options["swa_dipole_weight"] = extra["dipole_weight"]
+    if long_range == "charges":
+        options["charges_weight"] = args.charges_weight
+    return options
+
+
+def separation_bins(r_max: float) -> list:
+    return [(0.0, r_max, f"d < {r_max:g} Å (r_max)"), (r_max, 2 * r_max, f"{r_max:g}-{2 * r_max:g} Å"),
+            (2 * r_max, np.inf, f"d > {2 * r_max:g} Å (2 r_max)")]
+
+
+def pair_class(atoms) -> str:
+    """Which of PAIR_CLASSES a dimer belongs to (from its monomers' nominal charges)."""
+    from mace_lr.data.molecules import get_molecules
+
+    q1, q2 = (m.charge for m in get_molecules(atoms.info["monomers"].split()))
+    if q1 * q2 != 0:
+        return PAIR_CLASSES[0] if q1 * q2 < 0 else PAIR_CLASSES[1]
+    return PAIR_CLASSES[2] if q1 or q2 else PAIR_CLASSES[3]
+
+
+def class_rows(test, predictions: dict, r_max: float) -> tuple[list, list]:
+    """Energy MAE (meV) of dimers beyond r_max, by pair class; (headers, rows)."""
+    far = np.array([a.info["separation"] >= r_max for a in test])
+    classes = np.array([pair_class(a) for a in test])
+    counts = {c: int(np.sum(far & (classes == c))) for c in PAIR_CLASSES}
+    headers = ["model"] + [f"{c} ({counts[c]})" for c in PAIR_CLASSES]
+    rows = []
+    for name, pred in predictions.items():
+        errors = tr.energy_force_errors(test, pred)["energy"]
+        rows.append([name] + [1e3 * tr.mae(errors[far & (classes == c)]) for c in PAIR_CLASSES])
+    return headers, rows
+
+
+def model_row(name: str, test, pred, bins, minutes: float) -> list:
+    errors = tr.energy_force_errors(test, pred)
+    d = np.array([a.info["separation"] for a in test])
+    row = [name] + [1e3 * tr.mae(errors["energy"][(d >= lo) & (d < hi)]) for lo, hi, _ in bins]
+    row += [1e3 * tr.mae(errors["energy"]), 1e3 * tr.mae(errors["forces"])]
+    if pred[0]["charges"] is not None:
+        row.append(tr.mae([p["charges"] - a.arrays["REF_charges"] for a, p in zip(test, pred)]))
+        row.append(tr.mae([p["dipole"] - a.info["REF_dipole"] for a, p in zip(test, pred)]))
+    else:
+        row += [float("nan"), float("nan")]
+    return row + [minutes]
+
+
+def scan_configs(first: str, second: str) -> list:
+    """xTB-labelled rigid dimers along x at SCAN_DISTANCES (shortest contact, Å), then the
+    two isolated monomers (same geometries, own charges): the separated-limit reference."""
+    from mace_lr.data.dimers import contact_shift
+    from mace_lr.data.molecules import get_molecules
+    from mace_lr.data.xtb import XTBConvergenceError, xtb_labelled_atoms
+
+    a, b = get_molecules([first, second])
+    direction = np.array([1.0, 0.0, 0.0])
+    numbers = [*a.atoms().numbers, *b.atoms().numbers]
+    configs = []
+    for d in SCAN_DISTANCES:
+        positions = np.vstack([a.positions, b.positions + contact_shift(a.positions, b.positions, direction, d) * direction])
+        try:
+            atoms = xtb_labelled_atoms(numbers, positions, total_charge=a.charge + b.charge)
+        except XTBConvergenceError:  # GFN2-xTB's SCF fails for some distant cation-anion pairs
+            print(f"{first} + {second} at {d:g} Å: xTB SCF did not converge; left out")
+            continue
+        atoms.info["separation"] = d
+        atoms.info["charge_transfer"] = float(np.sum(atoms.arrays["REF_charges"][len(a.symbols):]) - b.charge)
+        configs.append(atoms)
+    return configs + [xtb_labelled_atoms(m.atoms().numbers, m.positions, total_charge=m.charge) for m in (a, b)]
+
+
+def scan_table(pair, models: dict) -> str:
+    """Interaction energy E(dimer at d) - E(A) - E(B) in meV: xTB and every model."""
+    configs = scan_configs(*pair)
+    ref = np.array([a.info["REF_energy"] for a in configs])
+    columns = {name: np.array([p["energy"] for p in tr.predict(path, configs)]) for name, path in models.items()}
+    rows = []
+    for k, atoms in enumerate(configs[:-2]):
+        row = [f"{atoms.info['separation']:g}", 1e3 * (ref[k] - ref[-2] - ref[-1])]
+        row += [1e3 * (e[k] - e[-2] - e[-1]) for e in columns.values()]
+        rows.append(row + [f"{atoms.info['charge_transfer']:+.3f}"])
+    headers = ["d (Å)", "xTB"] + list(columns) + ["xTB charge transfer (e)"]
+    return f"\n{' + '.join(pair)}: interaction energy E(d) - E(A) - E(B), meV\n\n" + tr.markdown_table(headers, rows)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="acc_dimers_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"workdir: {workdir}\n{tr.machine_line()}")
+    data = workdir / "dimers.xyz"
+    if not data.exists():
+        extra = ("--max-charge-transfer", str(args.max_charge_transfer))
+        seconds = tr.generate("dimers", args.n_configs, args.seed, data, *extra)
+        print(f"generated {args.n_configs} dimers in {seconds:.0f} s (max charge transfer {args.max_charge_transfer} e)")
+    configs = tr.read_configs(data)[: args.n_configs]
+    train, test = tr.split(configs, args.test_fraction, args.seed)
+    train_file = tr.write_configs(workdir / "train.xyz", train)
+    test_file = tr.write_configs(workdir / "test.xyz", test)
+    bins = separation_bins(args.r_max)
+    d = np.array([a.info["separation"] for a in test])
+    counts = ", ".join(f"{label}: {int(np.sum((d >= lo) & (d < hi)))}" for lo, hi, label in bins)
+    print(f"{len(train)} train+valid, {len(test)} test dimers ({counts})")
+
+    runs = {name: training_options(args, train_file, test_file, name) for name in args.models.split(",")}
+    for name, options in runs.items():
+        tr.print_settings(name, options)
+    start = time.perf_counter()
+    trained = tr.train_all(workdir, runs, args.threads, args.parallel, args.reuse)
+    print(f"training wall time {time.perf_counter() - start:.0f} s")
+
+    headers = ["model"] + [f"E MAE {label} (meV)" for _, _, label in bins]
+    headers += ["E MAE all (meV)", "F MAE (meV/Å)", "q MAE vs xTB (e)", "μ MAE (e·Å)", "train (min)"]
+    predictions = {name: tr.predict(path, test) for name, (path, _) in trained.items()}
+    rows = [model_row(name, test, predictions[name], bins, trained[name][1] / 60.0) for name in trained]
+    print(f"\n### Test set ({len(test)} dimers)\n")
+    print(tr.markdown_table(headers, rows))
+    print(f"\nEnergy MAE (meV) of test dimers with d > {args.r_max:g} Å by pair class (count)\n")
+    print(tr.markdown_table(*class_rows(test, predictions, args.r_max)))
+    for pair in SCAN_PAIRS:
+        print(scan_table(pair, {name: path for name, (path, _) in trained.items()}))
+
+
+if __name__ == "__main__":
+    main()

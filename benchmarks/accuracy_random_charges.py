@@ -1,0 +1,149 @@
+"""Accuracy: short-range MACE vs the latent-charge head on random +-1 point charges.
+
+The LES benchmark (B. Cheng, npj Comput. Mater. 2025): 128 ions (+1/-1 e) with a
+Born-Mayer repulsion in a periodic box, labelled with an Ewald sum
+(``mace_lr_generate random-charges``). The energy is dominated by the Coulomb sum, which
+no model with a finite receptive field can represent; the latent head can, by learning
+the charges from energies and forces alone.
+
+Both models share the backbone, data, split, seed and training budget; they differ only
+in ``--long_range none`` vs ``--long_range latent``. Reported on the held-out test set:
+energy MAE (meV/atom), force MAE (meV/Å, over Cartesian components), and for the latent
+head the Pearson correlation and MAE of its charges against the true +-1 e (after fixing
+the global sign, the only freedom left: with Coulomb in vacuum the scale is set).
+
+    python benchmarks/accuracy_random_charges.py --quick      # smoke test, < 1 min
+    python benchmarks/accuracy_random_charges.py              # full run (see RESULTS.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _training as tr
+
+#: the LES paper's numbers (CACE backbone, 128 atoms, 90 % train)
+PUBLISHED = {"short-range (LES paper, CACE)": (6.11, 175.0), "LES (LES paper, CACE)": (0.041, 3.72)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny data, 1 epoch (smoke test)")
+    parser.add_argument("--workdir", type=Path, default=None, help="data, models and logs (default: a temp folder)")
+    parser.add_argument("--n-configs", type=int, default=300, help="configurations generated (default 300)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out test fraction (default 0.1)")
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training part, for MACE's validation")
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--max-L", type=int, default=0)
+    parser.add_argument("--r-max", type=float, default=4.0)
+    parser.add_argument("--charge-width", type=float, default=0.5, help="latent charge Gaussian std, Å")
+    parser.add_argument("--accuracy", type=float, default=1e-3, help="--electrostatics_accuracy")
+    parser.add_argument("--dtype", default="float32", help="training dtype (evaluation is float64)")
+    parser.add_argument("--no-swa", action="store_true", help="no stage two (SWA, higher energy weight)")
+    parser.add_argument("--models", default="none,latent", help="comma-separated --long_range values")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="threads per training process")
+    parser.add_argument("--parallel", action="store_true", help="train the models at the same time")
+    parser.add_argument("--reuse", action="store_true", help="evaluate models already trained in --workdir")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n_configs, args.epochs, args.batch_size = 12, 1, 2
+    return args
+
+
+def training_options(args, train_file: Path, test_file: Path, long_range: str) -> dict:
+    """mace_lr_run_train options; identical for every model except the long-range ones."""
+    options = {
+        "train_file": train_file, "test_file": test_file, "valid_fraction": args.valid_fraction,
+        "energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
+        "model": "MACE", "num_channels": args.channels, "max_L": args.max_L, "num_interactions": 2,
+        "correlation": 2, "r_max": args.r_max, "E0s": "average",
+        "batch_size": args.batch_size, "valid_batch_size": 8, "max_num_epochs": args.epochs, "lr": args.lr,
+        "energy_weight": 1.0, "forces_weight": 100.0, "ema": True, "ema_decay": 0.99,
+        "swa": not args.no_swa and not args.quick, "start_swa": max(1, int(0.75 * args.epochs)),
+        "swa_lr": args.lr / 10, "swa_energy_weight": 1000.0, "swa_forces_weight": 100.0,
+        "error_table": "PerAtomMAE", "default_dtype": args.dtype, "device": "cpu", "seed": args.seed,
+        "long_range": long_range,
+    }
+    if long_range != "none":
+        options.update(lr_charge_width=args.charge_width, electrostatics_accuracy=args.accuracy)
+    return options
+
+
+def charge_metrics(configs, predictions) -> dict:
+    """Correlation, best sign and MAE (e) of predicted vs true charges; least-squares scale."""
+    true = np.concatenate([a.arrays["REF_charges"] for a in configs])
+    pred = np.concatenate([p["charges"] for p in predictions])
+    sign = 1.0 if float(true @ pred) >= 0.0 else -1.0
+    return {
+        "correlation": float(np.corrcoef(true, sign * pred)[0, 1]),
+        "sign": sign,
+        "mae": float(np.mean(np.abs(sign * pred - true))),
+        "scale": float(true @ pred / (pred @ pred)) if np.any(pred) else float("nan"),
+        "mean_abs": float(np.mean(np.abs(pred))),
+    }
+
+
+def result_rows(test, predictions: dict, times: dict) -> list:
+    rows = []
+    for name, pred in predictions.items():
+        errors = tr.energy_force_errors(test, pred)
+        row = [name, 1e3 * tr.mae(errors["energy_per_atom"]), 1e3 * float(np.mean(errors["energy_per_atom"])),
+               1e3 * tr.mae(errors["forces"])]
+        if name != "none" and pred[0]["charges"] is not None:
+            q = charge_metrics(test, pred)
+            row += [f"{q['correlation']:.6f}", q["mae"], f"{q['sign']:+.0f} / {q['scale']:.4f}"]
+        else:
+            row += ["-", float("nan"), "-"]
+        rows.append(row + [times[name] / 60.0])
+    return rows
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="acc_random_charges_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"workdir: {workdir}\n{tr.machine_line()}")
+    data = workdir / "random_charges.xyz"
+    if not data.exists():
+        seconds = tr.generate("random-charges", args.n_configs, args.seed, data)
+        print(f"generated {args.n_configs} configurations in {seconds:.0f} s")
+    configs = tr.read_configs(data)[: args.n_configs]
+    train, test = tr.split(configs, args.test_fraction, args.seed)
+    train_file = tr.write_configs(workdir / "train.xyz", train)
+    test_file = tr.write_configs(workdir / "test.xyz", test)
+    n_valid = int(round(args.valid_fraction * len(train)))
+    print(f"{len(train)} train+valid ({len(train) - n_valid} train, ~{n_valid} valid), {len(test)} test; "
+          f"{len(configs[0])} atoms per box")
+
+    runs = {lr: training_options(args, train_file, test_file, lr) for lr in args.models.split(",")}
+    for name, options in runs.items():
+        tr.print_settings(name, options)
+    start = time.perf_counter()
+    trained = tr.train_all(workdir, runs, args.threads, args.parallel, args.reuse)
+    print(f"training wall time {time.perf_counter() - start:.0f} s")
+    predictions = {name: tr.predict(path, test) for name, (path, _) in trained.items()}
+    times = {name: seconds for name, (_, seconds) in trained.items()}
+
+    print(f"\n### Test set ({len(test)} configurations x {len(test[0])} atoms)\n")
+    headers = ["model", "E MAE (meV/atom)", "E bias (meV/atom)", "F MAE (meV/Å)", "q corr.", "q MAE (e)", "q sign / LSQ scale", "train (min)"]
+    rows = result_rows(test, predictions, times)
+    rows += [[name, e, "-", f, "-", float("nan"), "-", "-"] for name, (e, f) in PUBLISHED.items()]
+    print(tr.markdown_table(headers, rows))
+    errors = {name: tr.mae(tr.energy_force_errors(test, p)["forces"]) for name, p in predictions.items()}
+    if "none" in errors and len(errors) > 1:
+        for name, value in errors.items():
+            if name != "none":
+                print(f"\nforce MAE ratio none / {name}: {errors['none'] / value:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
