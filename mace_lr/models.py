@@ -10,7 +10,9 @@ Forward pass:
 3. forces, virials and stress come from one autograd pass over the total energy with
    MACE's own ``get_outputs``, so they are exact for every head;
 4. the constant-E field term -mu . F (:mod:`mace_lr.field`) when ``external_field`` is
-   non-zero; dipole ``sum_i q_i r_i``; on request Born charges ``d mu_b / d r_{i,a}``.
+   non-zero; dipole ``sum_i q_i r_i``; on request (``compute_bec``, or a batch that
+   carries reference ``bec``) Born charges ``d mu_b / d r_{i,a}``, differentiable in the
+   parameters when ``training``.
 
 Without heads the backbone's outputs are returned as they are: bit-identical to plain
 ScaleShiftMACE. The model keeps MACE's attributes (``r_max``, ``atomic_numbers``,
@@ -73,6 +75,8 @@ class MACELR(torch.nn.Module):
         lammps_mliap: bool = False,
         compute_bec: bool = False,
     ) -> Dict[str, Optional[torch.Tensor]]:
+        # a batch carrying reference Born charges (training with --bec_weight) asks for them
+        compute_bec = compute_bec or ("bec" in data and len(self.long_range_heads) > 0)
         if len(self.long_range_heads) == 0 and not compute_bec:
             return self.backbone(
                 data,

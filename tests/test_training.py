@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -31,6 +32,7 @@ from mace_lr.training import (
     patched_mace,
     settings_from_args,
 )
+from mace_lr.training import bec_data as lr_bec
 from mace_lr.training import compile as lr_compile
 from mace_lr.training import model as lr_model
 from mace_lr.training import patches
@@ -53,7 +55,10 @@ def dataset(tmp_path_factory) -> Path:
     for kind, options in (("dimers", ["-n=8", "--seed=3"]), ("random-charges", ["-n=6", "--seed=4", "--n-atoms=8"])):
         command = [sys.executable, "-m", "mace_lr.cli.generate", kind, *options, "-q", f"-o={folder / kind}.xyz"]
         subprocess.run(command, check=True, capture_output=True, timeout=120)
-    frames = data.read_dataset(folder / "dimers.xyz") + data.read_dataset(folder / "random-charges.xyz")
+    boxes = data.read_dataset(folder / "random-charges.xyz")
+    for atoms in boxes:  # fixed point charges: Z*_i = q_i * identity, exactly
+        atoms.arrays[data.BEC_KEY] = np.einsum("i,ab->iab", atoms.arrays["REF_charges"], np.eye(3)).reshape(-1, 9)
+    frames = data.read_dataset(folder / "dimers.xyz") + boxes
     return data.write_dataset(frames, folder / "mixed.xyz")
 
 
@@ -89,9 +94,10 @@ def run_cli(argv: list[str], cwd: Path, env: dict | None = None, timeout: float 
 
 def test_mace_hooks_exist_and_match():
     check_mace()
-    settings = settings_from_args(build_parser().parse_args(["--name=x"]))
-    originals = {(t.module, t.name): getattr(sys.modules[t.module], t.name) for t in patches.TARGETS}
+    settings = settings_from_args(build_parser().parse_args(["--name=x", "--long_range=latent", "--bec_weight=1"]))
+    originals = {(t.module, t.name): patches._lookup(t) for t in patches.TARGETS}
     replacements = patches._replacements(settings, originals)
+    assert set(replacements) == set(originals)  # with BEC training every target is replaced
     for target in patches.TARGETS:  # every adapter takes MACE's parameter names
         replacement = replacements[(target.module, target.name)]
         if target.parameters and not inspect.isclass(replacement):
@@ -109,12 +115,19 @@ def test_check_fails_loudly_when_mace_changes(monkeypatch):
 
 
 def test_patches_are_restored():
-    before = {(t.module, t.name): getattr(sys.modules[t.module], t.name) for t in patches.TARGETS}
-    settings = settings_from_args(build_parser().parse_args(["--name=x", "--long_range=latent"]))
-    with patched_mace(settings):
-        assert mace.cli.run_train.get_loss_fn is not before[(patches.RUN_TRAIN, "get_loss_fn")]
-    after = {(t.module, t.name): getattr(sys.modules[t.module], t.name) for t in patches.TARGETS}
-    assert after == before
+    def current():
+        return {(t.module, t.name): vars(owner)[name] for t in patches.TARGETS
+                for owner, name in [patches._owner_and_attribute(t)]}
+
+    before = current()
+    assert isinstance(before[(patches.ATOMIC_DATA, "AtomicData.from_config")], classmethod)
+    for extra in ([], ["--bec_weight=1"]):
+        settings = settings_from_args(build_parser().parse_args(["--name=x", "--long_range=latent", *extra]))
+        with patched_mace(settings):
+            assert mace.cli.run_train.get_loss_fn is not before[(patches.RUN_TRAIN, "get_loss_fn")]
+            bec_patched = vars(mace_data.AtomicData)["from_config"] is not before[(patches.ATOMIC_DATA, "AtomicData.from_config")]
+            assert bec_patched == bool(extra)  # BEC patches only when BEC is trained
+        assert current() == before
 
 
 # ------------------------------------------------------------------ arguments
@@ -140,7 +153,7 @@ def test_bad_long_range_arguments_are_refused(capsys):
         build_parser().parse_args(["--name=x", "--long_range=charges+ewlad"])
     assert "valid: none, charges, latent" in capsys.readouterr().err
     for extra, message in [
-        (["--long_range=charges", "--bec_weight=1"], "REF_bec"),
+        (["--bec_weight=1"], "--bec_weight needs a head"),
         (["--long_range=charges", "--model=AtomicDipolesMACE"], "needs --model MACE"),
         (["--charges_weight=1"], "needs a charge head"),
         (["--distributed", "--launcher=none"], "--launcher torchrun"),
@@ -152,13 +165,19 @@ def test_bad_long_range_arguments_are_refused(capsys):
 # ------------------------------------------------------------------ loss
 
 
-def _batch(dataset: Path, z_table: AtomicNumberTable, n: int = 6):
+def _batch(dataset: Path, z_table: AtomicNumberTable, n: int = 6, with_bec: bool = False, start: int = 0):
+    """MACE batch of frames [start, start + n); ``with_bec``: through the BEC data patches."""
     keys = data.mace_key_specification()
-    frames = data.read_dataset(dataset)[:n]
+    frames = data.read_dataset(dataset)[start:start + n]
     frames[1].arrays.pop("REF_charges")  # one structure without reference charges,
-    frames[2].info.pop("REF_dipole")  # one without a reference dipole
+    frames[2].info.pop("REF_dipole", None)  # one without a reference dipole
+    if with_bec:
+        keys = lr_bec.key_specification_with_bec(keys, {}, original=lambda spec, _: spec, bec_key=data.BEC_KEY)
     configs = [mace_data.config_from_atoms(atoms, key_specification=keys) for atoms in frames]
-    items = [mace_data.AtomicData.from_config(c, z_table=z_table, cutoff=4.0, heads=["Default"]) for c in configs]
+    build = mace_data.AtomicData.from_config
+    if with_bec:
+        build = functools.partial(lr_bec.atomic_data_with_bec, original=mace_data.AtomicData.from_config)
+    items = [build(c, z_table=z_table, cutoff=4.0, heads=["Default"]) for c in configs]
     return next(iter(torch_geometric.dataloader.DataLoader(items, batch_size=n, shuffle=False)))
 
 
@@ -188,6 +207,64 @@ def test_loss_adds_weighted_charge_and_dipole_terms(dataset):
     assert has_q.sum() < n_atoms and has_mu[:, 0].sum() < n_graphs  # both masks really exclude something
     without_prediction = LongRangeLoss(base, 3.0, 2.0)(ref=batch, pred={k: pred[k] for k in ("energy", "forces")})
     assert float(without_prediction) == pytest.approx(float(base(ref=batch, pred=pred)), rel=1e-12)
+
+
+def test_bec_reference_travels_through_mace_data_and_loss(dataset):
+    """REF_bec reaches the batch (zeros + weight 0 where absent); the loss term is the weighted MSE."""
+    frames = data.read_dataset(dataset)
+    z_table = AtomicNumberTable(sorted({int(z) for a in frames for z in a.numbers}))
+    start = len(frames) - 8  # 2 dimers (no BEC) + 6 ion boxes (BEC)
+    batch = _batch(dataset, z_table, n=8, with_bec=True, start=start)
+    counts = (batch.ptr[1:] - batch.ptr[:-1]).numpy()
+    has_bec = np.array(["REF_bec" in a.arrays for a in frames[start:]], dtype=float)
+    assert 0 < has_bec.sum() < len(has_bec)
+    np.testing.assert_array_equal(batch.bec_weight.numpy(), has_bec)
+    reference = np.concatenate([a.arrays.get("REF_bec", np.zeros((len(a), 9))) for a in frames[start:]])
+    np.testing.assert_array_equal(batch.bec.numpy().reshape(-1, 9), reference)
+
+    rng = np.random.default_rng(1)
+    pred = {"energy": batch.energy, "forces": batch.forces,
+            "bec": batch.bec + torch.tensor(rng.normal(size=tuple(batch.bec.shape)))}
+    base = WeightedEnergyForcesLoss(energy_weight=1.0, forces_weight=10.0)
+    total = LongRangeLoss(base, charges_weight=0.0, dipole_weight=0.0, bec_weight=5.0)(ref=batch, pred=pred)
+    weight = np.repeat(has_bec, counts)[:, None, None]
+    expected = 5.0 * np.sum(weight * (batch.bec - pred["bec"]).numpy() ** 2) / (9 * batch.num_nodes)
+    assert float(total) - float(base(ref=batch, pred=pred)) == pytest.approx(expected, rel=1e-12)
+    assert "bec_weight=5.000" in repr(LongRangeLoss(base, 0.0, 0.0, 5.0))
+
+
+def test_bec_loss_gradient_equals_finite_difference(dataset):
+    """With reference BEC in the batch the model returns BEC with a graph: d loss / d theta is exact."""
+    from model_helpers import lr_model
+
+    model = lr_model(heads=("latent",))
+    z_table = AtomicNumberTable([int(z) for z in model.atomic_numbers])
+    frames = data.read_dataset(dataset)
+    batch = _batch(dataset, z_table, n=4, with_bec=True, start=len(frames) - 4)
+    loss_fn = LongRangeLoss(WeightedEnergyForcesLoss(0.0, 0.0), 0.0, 0.0, bec_weight=1.0)
+
+    def loss_value() -> torch.Tensor:
+        output = model({k: v.clone() for k, v in batch.to_dict().items()}, training=True)
+        assert output["bec"] is not None and output["bec"].requires_grad
+        return loss_fn(ref=batch, pred=output)
+
+    loss = loss_value()
+    assert float(loss) > 1e-4
+    parameters = {"head": model.long_range_heads[0].readout.mlp[0].weight,
+                  "backbone": model.backbone.interactions[1].linear.weight}
+    grads = torch.autograd.grad(loss, list(parameters.values()))
+    step = 1e-5
+    for (name, parameter), grad in zip(parameters.items(), grads):
+        index = int(torch.argmax(grad.abs().reshape(-1)))
+        assert float(grad.reshape(-1)[index].abs()) > 1e-8, name
+        values = []
+        for shift in (step, -2 * step, step):  # +h, -h, back to the original
+            with torch.no_grad():
+                parameter.view(-1)[index] += shift
+            values.append(float(loss_value()))
+        plus, minus = values[0], values[1]
+        # central difference, O(step^2) ~ 1e-10 relative in float64
+        assert float(grad.reshape(-1)[index]) == pytest.approx((plus - minus) / (2 * step), rel=1e-6), name
 
 
 # ------------------------------------------------------------------ model
@@ -260,7 +337,8 @@ def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monk
 
 
 def test_training_writes_compiled_model_and_error_tables(dataset, tmp_path):
-    finished = run_cli(train_argv(dataset, tmp_path, "tiny", "--loss=stress", "--error_table=PerAtomRMSE"), tmp_path)
+    finished = run_cli(train_argv(dataset, tmp_path, "tiny", "--loss=stress", "--error_table=PerAtomRMSE",
+                                  "--bec_weight=10"), tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
     eager_path, compiled_path = tmp_path / "tiny.model", tmp_path / "tiny_compiled.model"
     assert eager_path.exists() and compiled_path.exists()
@@ -269,8 +347,9 @@ def test_training_writes_compiled_model_and_error_tables(dataset, tmp_path):
     table = log[log.index("Error-table on TRAIN and VALID"):]
     header = table.splitlines()[2]
     assert "RMSE Q / me" in header and "RMSE MU / me A" in header and "Stress" in header
-    assert "RMSE_Q=" in log and "RMSE_MU=" in log  # validation log lines
-    assert "LongRangeLoss(charges_weight=100.000, dipole_weight=1.000)" in log
+    assert "RMSE BEC / me" in header
+    assert "RMSE_Q=" in log and "RMSE_MU=" in log and "RMSE_BEC=" in log  # validation log lines
+    assert "LongRangeLoss(charges_weight=100.000, dipole_weight=1.000, bec_weight=10.000)" in log
 
     eager = torch.load(eager_path, weights_only=False)
     compiled = torch.jit.load(compiled_path)

@@ -8,13 +8,14 @@ writes them to extxyz. The command ``mace_lr_generate`` wraps them.
 from .clusters import CLUSTER_SYSTEMS, generate_clusters
 from .dimers import dimer_scan, generate_dimers
 from .field import generate_field
-from .io import MACE_TRAIN_KEYS, labelled_atoms, mace_key_specification, read_dataset, write_dataset
+from .io import BEC_KEY, MACE_TRAIN_KEYS, labelled_atoms, mace_key_specification, read_dataset, write_dataset
 from .molecules import DIMER_MONOMERS, FIELD_MOLECULES, MOLECULES
 from .random_charges import RepulsionCalculator, born_mayer_repulsion, generate_random_charges
 from .sampling import InvalidOption
 from .xtb import XTBConvergenceError, XTBResult, xtb_labelled_atoms, xtb_singlepoint
 
 __all__ = [
+    "BEC_KEY",
     "CLUSTER_SYSTEMS",
     "DIMER_MONOMERS",
     "FIELD_MOLECULES",

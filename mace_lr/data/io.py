@@ -12,6 +12,8 @@ key                       where    meaning (units)
                                    (eV/Å^3, periodic structures only)
 ``REF_charges``           arrays   atomic charges [N] (e)
 ``REF_dipole``            info     dipole [3] about the coordinate origin (e·Å)
+``REF_bec``               arrays   Born effective charges [N, 9] (e),
+                                   ``bec[i, 3a+b] = d mu_b / d r_{i,a}``
 ``total_charge``          info     total charge (e)
 ``total_spin``            info     spin multiplicity 2S+1 (MACE's convention)
 ``external_field``        info     uniform electric field [3] (V/Å)
@@ -40,6 +42,7 @@ FORCES_KEY = "REF_forces"
 STRESS_KEY = "REF_stress"
 CHARGES_KEY = "REF_charges"
 DIPOLE_KEY = "REF_dipole"
+BEC_KEY = "REF_bec"
 TOTAL_CHARGE_KEY = "total_charge"
 TOTAL_SPIN_KEY = "total_spin"
 FIELD_KEY = "external_field"
@@ -73,6 +76,7 @@ def labelled_atoms(
     forces: np.ndarray,
     charges: np.ndarray | None = None,
     dipole: np.ndarray | None = None,
+    bec: np.ndarray | None = None,
     stress: np.ndarray | None = None,
     total_charge: float = 0.0,
     total_spin: float | None = None,
@@ -84,8 +88,9 @@ def labelled_atoms(
 ) -> Atoms:
     """An :class:`ase.Atoms` carrying reference labels under the MACE keys above.
 
-    Units: positions Å, energy eV, forces eV/Å, charges e, dipole e·Å, stress eV/Å^3
-    (Voigt, 6), field V/Å. ``positions`` are stored as given; call
+    Units: positions Å, energy eV, forces eV/Å, charges e, dipole e·Å, Born charges e
+    ([N, 3, 3] or [N, 9], ``bec[i, a, b] = d mu_b / d r_{i,a}``), stress eV/Å^3 (Voigt, 6),
+    field V/Å. ``positions`` are stored as given; call
     :func:`snap_positions` before computing the labels.
     """
     atoms = Atoms(numbers=np.asarray(numbers), positions=positions, cell=cell, pbc=pbc)
@@ -109,6 +114,8 @@ def labelled_atoms(
     atoms.arrays[FORCES_KEY] = np.asarray(forces, dtype=float).reshape(len(atoms), 3)
     if charges is not None:
         atoms.arrays[CHARGES_KEY] = np.asarray(charges, dtype=float).reshape(len(atoms))
+    if bec is not None:
+        atoms.arrays[BEC_KEY] = np.asarray(bec, dtype=float).reshape(len(atoms), 9)
     return atoms
 
 
@@ -153,6 +160,7 @@ def mace_key_specification() -> Any:
 
 
 __all__ = [
+    "BEC_KEY",
     "CHARGES_KEY",
     "DIPOLE_KEY",
     "ENERGY_KEY",

@@ -18,7 +18,12 @@ name                                  why
 ``tools.train.MACELoss``              charge errors in the validation metrics
 ``tools.train.valid_err_log``         charge and dipole errors in the validation log
 ``tools.tables_utils.evaluate``       hand each data set's metrics to the table columns
+``run_train.update_keyspec_from_kwargs``  read ``--bec_key`` (only with ``--bec_weight``)
+``data.AtomicData.from_config``       keep reference BEC in the data (only with ``--bec_weight``)
 ====================================  ======================================================
+
+A dotted name (``AtomicData.from_config``) is an attribute of a class in that module; the
+class's own entry is put back on exit.
 
 :func:`check_mace` verifies that each name still exists with the parameters we rely on
 and that ``run()`` still calls it; it runs before patching, and the test suite runs it,
@@ -36,6 +41,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
+from . import bec_data as lr_bec
 from . import compile as lr_compile
 from . import distributed as lr_distributed
 from . import loss as lr_loss
@@ -47,6 +53,7 @@ from .settings import LongRangeTraining
 RUN_TRAIN = "mace.cli.run_train"
 TRAIN = "mace.tools.train"
 TABLES = "mace.tools.tables_utils"
+ATOMIC_DATA = "mace.data.atomic_data"
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,25 @@ TARGETS: Tuple[Target, ...] = (
     Target(TRAIN, "MACELoss", ("loss_fn",)),
     Target(TRAIN, "valid_err_log", ("valid_loss", "eval_metrics", "logger", "log_errors", "epoch", "valid_loader_name")),
     Target(TABLES, "evaluate", ("model", "loss_fn", "data_loader", "output_args", "device")),
+    Target(RUN_TRAIN, "update_keyspec_from_kwargs", ("keyspec", "keydict"),
+           "update_keyspec_from_kwargs(args.key_specification, vars(args))"),
+    Target(ATOMIC_DATA, "AtomicData.from_config", ("config", "z_table", "cutoff", "heads")),
 )
+
+
+def _owner_and_attribute(target: Target) -> Tuple[Any, str]:
+    """(object holding the attribute, attribute name) for a possibly dotted target name."""
+    owner: Any = importlib.import_module(target.module)
+    *path, attribute = target.name.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, attribute
+
+
+def _lookup(target: Target) -> Any:
+    """The current value of a target, or AttributeError."""
+    owner, attribute = _owner_and_attribute(target)
+    return getattr(owner, attribute)
 
 
 class MaceIncompatibleError(RuntimeError):
@@ -88,12 +113,12 @@ def check_mace() -> None:
     problems = []
     run_source = inspect.getsource(importlib.import_module(RUN_TRAIN).run)
     for target in TARGETS:
-        module = importlib.import_module(target.module)
-        if not hasattr(module, target.name):
+        try:
+            original = _lookup(target)
+        except AttributeError:
             problems.append(f"{target.module}.{target.name} no longer exists")
             continue
         if target.parameters:
-            original = getattr(module, target.name)
             names = tuple(inspect.signature(original).parameters)
             if inspect.isclass(original):
                 names = tuple(n for n in names if n != "self")
@@ -120,13 +145,14 @@ def _get_loss_fn(args, dipole_only, compute_dipole, *, original: Callable, setti
     base = original(args, dipole_only, compute_dipole)
     if not settings.active:
         return base
-    return lr_loss.LongRangeLoss(base, settings.charges_weight, settings.dipole_weight)
+    return lr_loss.LongRangeLoss(base, settings.charges_weight, settings.dipole_weight, settings.bec_weight)
 
 
 def _get_swa(args, model, optimizer, swas, dipole_only=False, *, original: Callable, settings: LongRangeTraining):
     swa, swas = original(args, model, optimizer, swas, dipole_only)
     if settings.active and swa is not None:
-        swa.loss_fn = lr_loss.LongRangeLoss(swa.loss_fn, settings.charges_weight, settings.swa_dipole_weight)
+        swa.loss_fn = lr_loss.LongRangeLoss(swa.loss_fn, settings.charges_weight, settings.swa_dipole_weight,
+                                            settings.swa_bec_weight)
         logging.info(f"Stage Two loss with long-range terms: {swa.loss_fn}")
     return swa, swas
 
@@ -178,15 +204,28 @@ def _create_error_table(table_type, all_data_loaders, model, loss_fn, output_arg
     return lr_metrics.add_table_columns(table, table_type, by_name)
 
 
+def _from_config(config, z_table, cutoff, heads=None, *, original: Callable, **kwargs):
+    return lr_bec.atomic_data_with_bec(config, z_table, cutoff, heads, original=original, **kwargs)
+
+
 # ---------------------------------------------------------------- patching
 
 
 def _replacements(settings: LongRangeTraining, originals: Dict[Tuple[str, str], Any]) -> Dict[Tuple[str, str], Any]:
+    """(module, name) -> replacement; targets that ``settings`` does not need are left out."""
     def orig(module: str, name: str) -> Any:
         return originals[(module, name)]
 
     recorder = _MetricsRecorder(orig(TABLES, "evaluate"))
+    bec_patches = {
+        (RUN_TRAIN, "update_keyspec_from_kwargs"): functools.partial(
+            lr_bec.key_specification_with_bec, original=orig(RUN_TRAIN, "update_keyspec_from_kwargs"),
+            bec_key=settings.bec_key),
+        (ATOMIC_DATA, "AtomicData.from_config"): functools.partial(
+            _from_config, original=orig(ATOMIC_DATA, "AtomicData.from_config")),
+    } if settings.trains_bec else {}
     return {
+        **bec_patches,
         (RUN_TRAIN, "configure_model"): functools.partial(
             _configure_model, original=orig(RUN_TRAIN, "configure_model"), settings=settings),
         (RUN_TRAIN, "get_loss_fn"): functools.partial(
@@ -212,12 +251,16 @@ def _replacements(settings: LongRangeTraining, originals: Dict[Tuple[str, str], 
 def patched_mace(settings: LongRangeTraining) -> Iterator[None]:
     """MACE's training code with mace-lr's replacements (see the module docstring); restored on exit."""
     check_mace()
-    modules = {t.module: importlib.import_module(t.module) for t in TARGETS}
-    originals = {(t.module, t.name): getattr(modules[t.module], t.name) for t in TARGETS}
+    places = {(t.module, t.name): _owner_and_attribute(t) for t in TARGETS}
+    originals = {key: getattr(owner, attribute) for key, (owner, attribute) in places.items()}
+    # what to put back: a class's own entry (e.g. the classmethod object), else the module attribute
+    saved = {key: vars(owner)[attribute] for key, (owner, attribute) in places.items()}
     try:
-        for (module, name), replacement in _replacements(settings, originals).items():
-            setattr(modules[module], name, replacement)
+        for key, replacement in _replacements(settings, originals).items():
+            owner, attribute = places[key]
+            setattr(owner, attribute, replacement)
         yield
     finally:
-        for (module, name), original in originals.items():
-            setattr(modules[module], name, original)
+        for key, value in saved.items():
+            owner, attribute = places[key]
+            setattr(owner, attribute, value)

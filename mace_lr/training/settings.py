@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mace import tools
 
 from ..electrostatics.graph import GRAPH_METHODS
+from ..data.io import BEC_KEY
 from ..heads import LongRangeConfig, parse_long_range
 
 #: ``--charges_weight`` when not given: fit charges only with the explicit ``charges`` head.
@@ -75,8 +76,18 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         help=f"weight of the per-atom charge MSE (e^-2); default {DEFAULT_CHARGES_WEIGHT} with the "
         "'charges' head, 0 otherwise. Configs without reference charges never contribute",
     )
-    group.add_argument("--bec_weight", type=_non_negative, default=0.0,
-                       help="weight of the Born effective charge loss (not available yet: must be 0)")
+    group.add_argument(
+        "--bec_weight", type=_non_negative, default=0.0,
+        help="weight of the Born effective charge MSE (e^-2) against --bec_key; needs a charge head. "
+        "BEC = d mu / d r by autograd in every training step (about 2x the cost of a force step)",
+    )
+    group.add_argument("--swa_bec_weight", type=_non_negative, default=None,
+                       help="BEC weight in stage two (--swa); default: --bec_weight")
+    group.add_argument(
+        "--bec_key", type=str, default=BEC_KEY,
+        help=f"extxyz per-atom array with reference Born charges, (N, 9), bec[i, 3a+b] = d mu_b / d r_(i,a) "
+        f"(e); default {BEC_KEY}",
+    )
     return parser
 
 
@@ -90,13 +101,22 @@ class LongRangeTraining:
     """What the long-range side of training needs, resolved from the arguments.
 
     long_range: the heads' settings (``heads == ()``: plain MACE, nothing is wrapped);
-    charges_weight (e^-2), dipole_weight, swa_dipole_weight: loss weights (stage one, two).
+    charges_weight (e^-2), dipole_weight, swa_dipole_weight, bec_weight (e^-2),
+    swa_bec_weight: loss weights (stage one, two); bec_key: extxyz array of reference BEC.
     """
 
     long_range: LongRangeConfig
     charges_weight: float
     dipole_weight: float
     swa_dipole_weight: float
+    bec_weight: float = 0.0
+    swa_bec_weight: float = 0.0
+    bec_key: str = BEC_KEY
+
+    @property
+    def trains_bec(self) -> bool:
+        """Reference BEC must travel with the data (either stage weights them)."""
+        return self.active and (self.bec_weight > 0.0 or self.swa_bec_weight > 0.0)
 
     @property
     def active(self) -> bool:
@@ -106,11 +126,10 @@ class LongRangeTraining:
 def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
     """Check the long-range arguments against MACE's and resolve defaults; ValueError if inconsistent."""
     heads = parse_long_range(args.long_range)
-    if args.bec_weight > 0.0:
-        raise ValueError(
-            "--bec_weight > 0 is not supported yet: MACE's AtomicData does not carry reference "
-            "Born charges (REF_bec) and its training loop never asks the model for them"
-        )
+    swa_bec_weight = args.bec_weight if args.swa_bec_weight is None else args.swa_bec_weight
+    if (args.bec_weight > 0.0 or swa_bec_weight > 0.0) and not heads:
+        raise ValueError("--bec_weight needs a head that carries charges (--long_range charges, latent, ...); "
+                         "a short-range MACE has no dipole to differentiate")
     if args.distributed and args.launcher == "none":
         raise ValueError("--distributed needs --launcher torchrun, slurm or mpi (MACE starts no process group with 'none')")
     charges_weight = args.charges_weight
@@ -140,4 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
         charges_weight=float(charges_weight),
         dipole_weight=float(args.dipole_weight),
         swa_dipole_weight=float(args.swa_dipole_weight),
+        bec_weight=float(args.bec_weight),
+        swa_bec_weight=float(swa_bec_weight),
+        bec_key=args.bec_key,
     )
