@@ -47,6 +47,10 @@ class MACELR(torch.nn.Module):
             "method": config.method,
             "accuracy": config.accuracy,
             "readout_hidden": config.readout_hidden,
+            "qeq_solver": config.qeq_solver,
+            "qeq_dense_max_atoms": config.qeq_dense_max_atoms,
+            "qeq_tolerance": config.qeq_tolerance,
+            "qeq_max_width": config.qeq_max_width,
         }
         # MACE's attributes, so mace's calculator / tools treat this like a MACE model
         self.register_buffer("atomic_numbers", backbone.atomic_numbers.clone())
@@ -121,10 +125,14 @@ class MACELR(torch.nn.Module):
         node_feats = out["node_feats"]
         assert node_feats is not None
         inputs = self._head_inputs(data, node_feats, strained_positions, strained_cell, shifts)
+        inputs["training"] = torch.tensor(training)
+        inputs["compute_response"] = torch.tensor(compute_bec)
         energy = out["energy"]
         interaction_energy = out["interaction_energy"]
         node_energy = out["node_energy"]
         assert energy is not None and interaction_energy is not None and node_energy is not None
+        # zero-valued, carries d(charges)/d(positions) of heads whose charges are not differentiated
+        dipole_response = torch.zeros((int(data["ptr"].numel()) - 1, 3), dtype=positions.dtype, device=positions.device)
         for head in self.long_range_heads:
             result = head(inputs)
             energy = energy + result["energy"]
@@ -134,13 +142,15 @@ class MACELR(torch.nn.Module):
                 inputs["charges"] = inputs["charges"] + result["charges"]
             if "potential" in result:
                 inputs["potential"] = result["potential"]
+            if "dipole_response" in result:
+                dipole_response = dipole_response + result["dipole_response"]
 
         charges = inputs["charges"]
         batch = data["batch"]
         num_graphs = int(data["ptr"].numel()) - 1
         electrostatic_energy = graph_sum(0.5 * charges * inputs["potential"], batch, num_graphs)
         # strained positions, so that the field term's stress is right too
-        dipole = graph_sum(charges.unsqueeze(-1) * inputs["positions"], batch, num_graphs)
+        dipole = graph_sum(charges.unsqueeze(-1) * inputs["positions"], batch, num_graphs) + dipole_response
         node_field_energy = field_node_energy(charges, inputs["positions"], inputs["external_field"], batch)
         field_energy = graph_sum(node_field_energy, batch, num_graphs)
         energy = energy + field_energy

@@ -290,7 +290,8 @@ def test_element_charges_average_only_labelled_configs(dataset):
 # ------------------------------------------------------------------ optimizer
 
 
-def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monkeypatch, restore_logging):
+@pytest.mark.parametrize("heads", ["charges+latent", "qeq"])
+def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monkeypatch, restore_logging, heads):
     """Build through MACE's real run() (dry run), then take one optimizer step."""
     captured = {}
     wrap, get_optimizer = lr_model.wrap_backbone, mace.cli.run_train.get_optimizer
@@ -305,11 +306,12 @@ def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monk
 
     monkeypatch.setattr(lr_model, "wrap_backbone", record_model)
     monkeypatch.setattr(mace.cli.run_train, "get_optimizer", record_optimizer)
-    args = build_parser().parse_args(train_argv(dataset, tmp_path, "opt", "--dry_run", "--weight_decay=1e-3"))
+    args = build_parser().parse_args(train_argv(dataset, tmp_path, "opt", "--dry_run", "--weight_decay=1e-3",
+                                                f"--long_range={heads}"))
     run_training(args)
     model, optimizer = captured["model"], captured["optimizer"]
     assert type(model).__name__ == "MACELR"
-    assert len(model.long_range_heads) == 2
+    assert len(model.long_range_heads) == len(heads.split("+"))
 
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -319,9 +321,12 @@ def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monk
     assert {"long_range_heads_decay", "long_range_heads_no_decay", "readouts"} <= names
 
     zs = [int(z) for z in model.atomic_numbers]
-    offsets = dict(zip(zs, model.long_range_heads[0].readout.offsets.tolist()))  # the 'charges' head
-    assert offsets[11] == pytest.approx(1.0, abs=1e-12)  # Na: +1 e in every ion box
-    assert -1.0 <= offsets[17] < -0.5  # Cl: -1 e in the boxes, about -0.95 e as xTB chloride
+    if heads.startswith("charges"):
+        offsets = dict(zip(zs, model.long_range_heads[0].readout.offsets.tolist()))  # the 'charges' head
+        assert offsets[11] == pytest.approx(1.0, abs=1e-12)  # Na: +1 e in every ion box
+        assert -1.0 <= offsets[17] < -0.5  # Cl: -1 e in the boxes, about -0.95 e as xTB chloride
+    else:
+        assert {"long_range_heads.0.raw_hardness", "long_range_heads.0.raw_width"} <= set(trainable)
 
     z_table = AtomicNumberTable(zs)
     batch = _batch(dataset, z_table, n=8)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
-#: Heads that exist now; later issues add qeq, dipoles, lode, ewald_mp.
-HEAD_NAMES: tuple[str, ...] = ("charges", "latent")
+#: Heads that exist now; later issues add dipoles, lode, ewald_mp.
+HEAD_NAMES: tuple[str, ...] = ("charges", "latent", "qeq")
+
+#: Heads that set the charges of the whole structure: they cannot be combined with other charge heads.
+EXCLUSIVE_CHARGE_HEADS: tuple[str, ...] = ("qeq",)
+CHARGE_HEADS: tuple[str, ...] = ("charges", "latent", "qeq")
+
+QEQ_SOLVERS: tuple[str, ...] = ("auto", "dense", "iterative")
 
 
 @dataclass(frozen=True)
@@ -18,6 +25,11 @@ class LongRangeConfig:
     accuracy: relative accuracy of the Coulomb sums (RMS force error relative to the
         nearest-neighbour Coulomb scale); 1e-5 is far below model errors.
     readout_hidden: hidden width of the charge readout MLPs.
+    qeq_solver: ``auto``, ``dense`` or ``iterative`` (training always uses ``dense``).
+    qeq_dense_max_atoms: atoms per structure up to which ``auto`` solves densely.
+    qeq_tolerance: relative residual of the iterative solver.
+    qeq_max_width: largest learnable Gaussian width (Å); None = the largest that
+        periodic sums allow with the backbone's r_max (at most 1 Å).
     """
 
     heads: tuple[str, ...] = ()
@@ -25,6 +37,10 @@ class LongRangeConfig:
     method: str = "auto"
     accuracy: float = 1e-5
     readout_hidden: int = 32
+    qeq_solver: str = "auto"
+    qeq_dense_max_atoms: int = 1000
+    qeq_tolerance: float = 1e-8
+    qeq_max_width: Optional[float] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -35,6 +51,24 @@ class LongRangeConfig:
             raise ValueError(f"long-range head listed twice in {'+'.join(self.heads)}")
         if self.charge_width < 0.0:
             raise ValueError(f"charge_width must be >= 0 Å, got {self.charge_width}")
+        check_combination(self.heads)
+        if self.qeq_solver not in QEQ_SOLVERS:
+            raise ValueError(f"qeq_solver must be one of {QEQ_SOLVERS}, got {self.qeq_solver!r}")
+        if not 0.0 < self.qeq_tolerance < 1.0:
+            raise ValueError(f"qeq_tolerance must be in (0, 1), got {self.qeq_tolerance}")
+        if self.qeq_max_width is not None and not self.qeq_max_width > 0.0:
+            raise ValueError(f"qeq_max_width must be > 0 Å, got {self.qeq_max_width}")
+
+
+def check_combination(heads: tuple[str, ...]) -> None:
+    """ValueError for head combinations that make no sense (e.g. qeq with another charge head)."""
+    for name in EXCLUSIVE_CHARGE_HEADS:
+        others = [h for h in heads if h in CHARGE_HEADS and h != name]
+        if name in heads and others:
+            raise ValueError(
+                f"the {name!r} head equilibrates the charges of the whole structure and cannot be combined "
+                f"with {' or '.join(repr(o) for o in others)}; use {name!r} alone or with non-charge heads"
+            )
 
 
 def parse_long_range(text: str) -> tuple[str, ...]:
@@ -51,4 +85,5 @@ def parse_long_range(text: str) -> tuple[str, ...]:
             )
     if len(set(names)) != len(names):
         raise ValueError(f"long-range head listed twice in {text!r}")
+    check_combination(names)
     return names

@@ -10,6 +10,7 @@ from ..electrostatics.graph import GraphCoulomb
 from .charges import build_charges_head
 from .config import LongRangeConfig
 from .latent import build_latent_head
+from .qeq import build_qeq_head
 
 
 def build_heads(
@@ -29,6 +30,10 @@ def build_heads(
             heads.append(build_charges_head(num_scalars, atomic_numbers, coulomb, config.readout_hidden, element_charges))
         elif name == "latent":
             heads.append(build_latent_head(num_scalars, atomic_numbers, coulomb, config.readout_hidden))
+        elif name == "qeq":
+            heads.append(build_qeq_head(
+                num_scalars, atomic_numbers, r_max, config.accuracy, config.readout_hidden, config.qeq_max_width,
+                config.qeq_solver, config.qeq_dense_max_atoms, config.qeq_tolerance, config.method))
         else:  # LongRangeConfig validated the names
             raise AssertionError(name)
     return heads

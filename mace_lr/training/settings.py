@@ -58,7 +58,8 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     group = parser.add_argument_group("long-range electrostatics (mace-lr)")
     group.add_argument(
         "--long_range", type=_long_range_text, default="none",
-        help="long-range heads: none, charges, latent, or a '+' combination (e.g. charges+latent)",
+        help="long-range heads: none, charges, latent, qeq, or a '+' combination (e.g. charges+latent; "
+        "qeq does not combine with other charge heads)",
     )
     group.add_argument("--lr_charge_width", type=_non_negative, default=1.0,
                        help="Gaussian std of the model charges (Å); 0 = point charges")
@@ -71,6 +72,16 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
                        help="relative accuracy of the Coulomb sums")
     group.add_argument("--lr_readout_hidden", type=_non_negative_int, default=32,
                        help="hidden width of the charge readout MLPs (0 = linear)")
+    group.add_argument("--qeq_solver", choices=("auto", "dense", "iterative"), default="auto",
+                       help="charge equilibration solver of the qeq head at inference (training always solves "
+                       "densely): auto = dense up to --qeq_dense_max_atoms atoms per structure, else CG")
+    group.add_argument("--qeq_dense_max_atoms", type=_non_negative_int, default=1000,
+                       help="atoms per structure up to which --qeq_solver auto solves densely")
+    group.add_argument("--qeq_tolerance", type=_positive, default=1e-8,
+                       help="relative residual at which the iterative QEq solver stops")
+    group.add_argument("--qeq_max_width", type=_positive, default=None,
+                       help="largest learnable Gaussian width of the qeq head (Å); default: the largest the "
+                       "periodic sums allow with r_max (at most 1 Å)")
     group.add_argument(
         "--charges_weight", type=_non_negative, default=None,
         help=f"weight of the per-atom charge MSE (e^-2); default {DEFAULT_CHARGES_WEIGHT} with the "
@@ -153,6 +164,10 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
         method=args.electrostatics_method,
         accuracy=args.electrostatics_accuracy,
         readout_hidden=args.lr_readout_hidden,
+        qeq_solver=args.qeq_solver,
+        qeq_dense_max_atoms=args.qeq_dense_max_atoms,
+        qeq_tolerance=args.qeq_tolerance,
+        qeq_max_width=args.qeq_max_width,
     )
     return LongRangeTraining(
         long_range=config,

@@ -1,0 +1,176 @@
+"""Accuracy: charge transfer and total-charge dependence (4G-HDNNP-style clusters, GFN2-xTB).
+
+Data: ``mace_lr_generate clusters`` (Na9Cl8+ / Na8Cl9- / neutral Na9Cl8 rock-salt
+blocks, C10H2 / C10H3+ polyynes; see :mod:`mace_lr.data.clusters`). Na9Cl8+ and Na9Cl8
+have the same nuclei and differ only in total charge; a model that does not know the
+total charge must average them. In C10H3+ the extra proton at one end changes the
+charges at the other end, 12 Å away.
+
+Models, same backbone, data, split, seed and budget:
+* ``none``: short-range MACE;
+* ``latent``: latent charges (energy, forces and dipole loss; no reference charges);
+* ``charges``: explicit local charges fitted to the xTB charges;
+* ``qeq``: charge equilibration (learned electronegativity, hardness, width), its
+  charges fitted to the xTB charges as in 4G-HDNNP.
+
+Reported on the test set, per system family and overall: energy RMSE (meV/atom),
+force RMSE (meV/Å, components), charge RMSE (me). Published anchors (4G-HDNNP and
+SpookyNet on the original DFT data) are printed for orientation only: different
+reference method and data.
+
+    python benchmarks/accuracy_charge_transfer.py --quick     # smoke test, < 2 min
+    python benchmarks/accuracy_charge_transfer.py             # full run (see RESULTS.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _training as tr
+
+#: run name -> (--long_range, extra options)
+MODELS = {
+    "none": ("none", {}),
+    "latent": ("latent", {}),
+    "charges": ("charges", {}),
+    "qeq": ("qeq", {}),
+}
+FAMILIES = {"C10H2/C10H3+": ("C10H2", "C10H3+"), "Na-Cl clusters": ("Na9Cl8+", "Na8Cl9-", "Na9Cl8")}
+#: RMSE on the original DFT data: energy meV/atom, forces meV/Å, charges me
+ANCHORS = [
+    ("4G-HDNNP, C10H2/C10H3+", 1.194, 78.0, 6.58), ("4G-HDNNP, Na8/9Cl8+", 0.481, 32.78, 15.83),
+    ("SpookyNet, C10H2/C10H3+", 0.364, 5.80, 0.117), ("SpookyNet, Na8/9Cl8+", 0.135, 1.05, 0.111),
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny data, 1 epoch (smoke test)")
+    parser.add_argument("--workdir", type=Path, default=None, help="data, models and logs (default: a temp folder)")
+    parser.add_argument("--n-configs", type=int, default=1000)
+    parser.add_argument("--test-fraction", type=float, default=0.1)
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training part")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--max-L", type=int, default=1)
+    parser.add_argument("--correlation", type=int, default=2)
+    parser.add_argument("--r-max", type=float, default=4.0)
+    parser.add_argument("--energy-weight", type=float, default=10.0, help="stage one (stage two: 1000)")
+    parser.add_argument("--start-swa", type=float, default=0.7, help="stage two from this fraction of the epochs")
+    parser.add_argument("--charge-width", type=float, default=0.5, help="Gaussian std of charges/latent heads, Å")
+    parser.add_argument("--charges-weight", type=float, default=100.0, help="for charges and qeq")
+    parser.add_argument("--dipole-weight", type=float, default=1.0, help="for latent")
+    parser.add_argument("--dtype", default="float32", help="training dtype (evaluation is float64)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="threads per training process")
+    parser.add_argument("--parallel", action="store_true", help="train the models at the same time")
+    parser.add_argument("--reuse", action="store_true", help="evaluate models already trained in --workdir")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n_configs, args.epochs, args.batch_size = 30, 1, 8
+    return args
+
+
+def training_options(args, train_file: Path, test_file: Path, run: str) -> dict:
+    """mace_lr_run_train options; identical for every run except the long-range ones."""
+    long_range, extra = MODELS[run]
+    options = {
+        "train_file": train_file, "test_file": test_file, "valid_fraction": args.valid_fraction,
+        "energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
+        "dipole_key": "REF_dipole", "total_charge_key": "total_charge", "total_spin_key": "total_spin",
+        "model": "MACE", "num_channels": args.channels, "max_L": args.max_L, "num_interactions": 2,
+        "correlation": args.correlation, "r_max": args.r_max, "E0s": "average",
+        "batch_size": args.batch_size, "valid_batch_size": 32, "max_num_epochs": args.epochs, "lr": args.lr,
+        "energy_weight": args.energy_weight, "forces_weight": 100.0, "ema": True, "ema_decay": 0.99,
+        "swa": not args.quick, "start_swa": max(1, int(args.start_swa * args.epochs)), "swa_lr": args.lr / 10,
+        "swa_energy_weight": 1000.0, "swa_forces_weight": 100.0,
+        "error_table": "PerAtomRMSE", "default_dtype": args.dtype, "device": "cpu", "seed": args.seed,
+        "long_range": long_range,
+    }
+    if long_range in ("charges", "latent"):
+        options["lr_charge_width"] = args.charge_width
+    if long_range in ("charges", "qeq"):
+        options.update(charges_weight=args.charges_weight, dipole_weight=0.0, swa_dipole_weight=0.0)
+    if long_range == "latent":
+        options.update(dipole_weight=args.dipole_weight, swa_dipole_weight=args.dipole_weight)
+    options.update(extra)
+    return options
+
+
+def rmse(values) -> float:
+    if isinstance(values, list):
+        values = np.concatenate([np.ravel(v) for v in values]) if values else np.zeros(0)
+    return float(np.sqrt(np.mean(np.square(values)))) if np.size(values) else float("nan")
+
+
+def family_rows(test, predictions: dict) -> list:
+    """Per model and family: E RMSE (meV/atom), F RMSE (meV/Å), q RMSE (me)."""
+    rows = []
+    systems = np.array([a.info["config_type"] for a in test])
+    for name, pred in predictions.items():
+        errors = tr.energy_force_errors(test, pred)
+        for family, members in {**FAMILIES, "all": tuple(set(systems))}.items():
+            mask = np.isin(systems, members)
+            indices = np.flatnonzero(mask)
+            q_errors = [pred[i]["charges"] - test[i].arrays["REF_charges"] for i in indices
+                        if pred[i]["charges"] is not None]
+            rows.append([name, f"{family} ({mask.sum()})", 1e3 * rmse(errors["energy_per_atom"][mask]),
+                         1e3 * rmse([errors["forces"][i] for i in indices]),
+                         1e3 * rmse(q_errors) if q_errors else float("nan")])
+    return rows
+
+
+def same_nuclei_table(test, predictions: dict) -> str:
+    """Mean signed energy error (meV/atom) on Na9Cl8+ and Na9Cl8: same nuclei, charge +1 vs 0."""
+    headers = ["model", "Na9Cl8+ mean error (meV/atom)", "Na9Cl8 mean error (meV/atom)"]
+    rows = []
+    systems = np.array([a.info["config_type"] for a in test])
+    for name, pred in predictions.items():
+        errors = tr.energy_force_errors(test, pred)["energy_per_atom"]
+        rows.append([name] + [1e3 * float(np.mean(errors[systems == s])) if np.any(systems == s) else float("nan")
+                              for s in ("Na9Cl8+", "Na9Cl8")])
+    return tr.markdown_table(headers, rows)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="acc_charge_transfer_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"workdir: {workdir}\n{tr.machine_line()}")
+    data = workdir / "clusters.xyz"
+    if not data.exists():
+        seconds = tr.generate("clusters", args.n_configs, args.seed, data)
+        print(f"generated {args.n_configs} clusters in {seconds:.0f} s")
+    configs = tr.read_configs(data)[: args.n_configs]
+    train, test = tr.split(configs, args.test_fraction, args.seed)
+    train_file = tr.write_configs(workdir / "train.xyz", train)
+    test_file = tr.write_configs(workdir / "test.xyz", test)
+    print(f"{len(train)} train+valid, {len(test)} test clusters")
+
+    runs = {name: training_options(args, train_file, test_file, name) for name in args.models.split(",")}
+    for name, options in runs.items():
+        tr.print_settings(name, options)
+    start = time.perf_counter()
+    trained = tr.train_all(workdir, runs, args.threads, args.parallel, args.reuse)
+    print(f"training wall time {time.perf_counter() - start:.0f} s")
+    predictions = {name: tr.predict(path, test) for name, (path, _) in trained.items()}
+    print(f"\n### Test set ({len(test)} clusters), RMSE\n")
+    headers = ["model", "systems (test count)", "E RMSE (meV/atom)", "F RMSE (meV/Å)", "q RMSE (me)"]
+    print(tr.markdown_table(headers, family_rows(test, predictions)))
+    print("\nSame nuclei, different total charge: mean signed energy error\n")
+    print(same_nuclei_table(test, predictions))
+    print("\nTraining time (min): " + ", ".join(f"{n} {s / 60:.1f}" for n, (_, s) in trained.items()))
+    print("\nPublished anchors (original DFT data, RMSE):\n")
+    print(tr.markdown_table(["model, data", "E (meV/atom)", "F (meV/Å)", "q (me)"], ANCHORS))
+
+
+if __name__ == "__main__":
+    main()
