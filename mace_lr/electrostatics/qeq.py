@@ -328,12 +328,16 @@ def equilibrate_charges(
     """Standalone QEq for one structure with user-given chi [N] (V), J [N] (eV/e^2), s [N] (Å).
 
     ``cell`` [3, 3] Å (rows), ``pbc`` [3] bool (default: open boundaries); ``total_charge``
-    e. The pair list comes from vesin, with a cutoff long enough for the widest pair.
+    e. The pair list comes from vesin; its cutoff is the engine's cost-balanced Ewald/PME
+    cutoff for the cell (:func:`.parameters.choose_parameters`), or longer if the
+    widest Gaussian pair needs it.
     Returns ``charges`` [N] (e), ``chemical_potential`` [] (eV/e), ``energy`` [] (eV,
     E(q) of the module docstring), ``iterations``. The dense solver is differentiable
     in all inputs; the iterative one returns charges without gradient.
     """
+    from .coulomb import PME_THRESHOLD
     from .neighbors import half_neighbor_list
+    from .parameters import choose_parameters
     from .validation import ElectrostaticsInputError
 
     positions = torch.as_tensor(positions)
@@ -354,8 +358,13 @@ def equilibrate_charges(
     cell = torch.zeros((3, 3), dtype=dtype) if cell is None else torch.as_tensor(cell, dtype=dtype)
     pbc = torch.zeros(3, dtype=torch.bool) if pbc is None else torch.as_tensor(pbc, dtype=torch.bool)
     x = _gaussian_tail_argument(SAFETY_FACTOR * accuracy)
-    cutoff = max(4.0, math.sqrt(2.0) * x * float(widths.max()) * (1.0 + 1e-6))
-    operator = GaussianCoulombOperator(cutoff=cutoff, accuracy=accuracy)
+    cutoff = math.sqrt(2.0) * x * float(widths.max()) * (1.0 + 1e-6)  # the widest pair must fit inside
+    method = "pme" if n > PME_THRESHOLD else "ewald"
+    if bool(pbc.all()):  # the engine's cost-balanced splitting, if it is wider
+        alternating = torch.ones(n, dtype=dtype)
+        alternating[1::2] = -1.0
+        cutoff = max(cutoff, choose_parameters(method, positions.detach(), alternating, cell.detach(), accuracy).cutoff)
+    operator = GaussianCoulombOperator(cutoff=cutoff, accuracy=accuracy, method=method)
     edge_index = torch.zeros((2, 0), dtype=torch.long)
     lengths = torch.zeros(0, dtype=dtype)
     if bool(pbc.any()):
