@@ -42,6 +42,61 @@ def split(configs: Sequence, test_fraction: float, seed: int) -> tuple[list, lis
     return [configs[i] for i in order[n_test:]], [configs[i] for i in order[:n_test]]
 
 
+def add_common_arguments(parser, *, n_configs: int, test_fraction: float, epochs: int, batch_size: int,
+                         max_l: int, models: str) -> None:
+    """The command-line options every accuracy benchmark shares (defaults differ per benchmark)."""
+    parser.add_argument("--quick", action="store_true", help="tiny data, 1 epoch (smoke test)")
+    parser.add_argument("--workdir", type=Path, default=None, help="data, models and logs (default: a temp folder)")
+    parser.add_argument("--n-configs", type=int, default=n_configs)
+    parser.add_argument("--test-fraction", type=float, default=test_fraction)
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training part, for MACE's validation")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--max-L", type=int, default=max_l)
+    parser.add_argument("--r-max", type=float, default=4.0)
+    parser.add_argument("--dtype", default="float32", help="training dtype (evaluation is float64)")
+    parser.add_argument("--models", default=models, help="comma-separated subset of the models")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="threads per training process")
+    parser.add_argument("--parallel", action="store_true", help="train the models at the same time")
+    parser.add_argument("--reuse", action="store_true", help="evaluate models already trained in --workdir")
+
+
+def prepare_data(workdir: Path, kind: str, n_configs: int, seed: int, test_fraction: float,
+                 *extra: str) -> tuple[list, list, Path, Path]:
+    """Generate ``workdir/<kind>.xyz`` once, split it; (train, test, train file, test file)."""
+    data = workdir / f"{kind.replace('-', '_')}.xyz"
+    if not data.exists():
+        seconds = generate(kind, n_configs, seed, data, *extra)
+        print(f"generated {n_configs} {kind} configurations in {seconds:.0f} s {' '.join(extra)}")
+    configs = read_configs(data)[:n_configs]
+    train, test = split(configs, test_fraction, seed)
+    return train, test, write_configs(workdir / "train.xyz", train), write_configs(workdir / "test.xyz", test)
+
+
+def base_options(args, train_file: Path, test_file: Path, long_range: str, *, energy_weight: float,
+                 start_swa_fraction: float, valid_batch_size: int, error_table: str, correlation: int = 2,
+                 swa: bool = True, keys: Mapping[str, str] | None = None) -> Dict[str, object]:
+    """``mace_lr_run_train`` options shared by the accuracy benchmarks (MACE backbone, EMA,
+    stage two with energy weight 1000); ``args`` supplies the data-independent sizes
+    (valid_fraction, channels, max_L, r_max, batch_size, epochs, lr, dtype, seed, quick)."""
+    options: Dict[str, object] = {
+        "train_file": train_file, "test_file": test_file, "valid_fraction": args.valid_fraction,
+        **(keys or {"energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges"}),
+        "model": "MACE", "num_channels": args.channels, "max_L": args.max_L, "num_interactions": 2,
+        "correlation": correlation, "r_max": args.r_max, "E0s": "average",
+        "batch_size": args.batch_size, "valid_batch_size": valid_batch_size, "max_num_epochs": args.epochs,
+        "lr": args.lr, "energy_weight": energy_weight, "forces_weight": 100.0, "ema": True, "ema_decay": 0.99,
+        "swa": swa and not args.quick, "start_swa": max(1, int(start_swa_fraction * args.epochs)),
+        "swa_lr": args.lr / 10, "swa_energy_weight": 1000.0, "swa_forces_weight": 100.0,
+        "error_table": error_table, "default_dtype": args.dtype, "device": "cpu", "seed": args.seed,
+        "long_range": long_range,
+    }
+    return options
+
+
 def mace_flags(options: Mapping[str, object]) -> List[str]:
     """``{"max_L": 0, "ema": True, "swa": False}`` -> ``["--max_L=0", "--ema"]``."""
     flags = []

@@ -50,29 +50,14 @@ ANCHORS = [
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny data, 1 epoch (smoke test)")
-    parser.add_argument("--workdir", type=Path, default=None, help="data, models and logs (default: a temp folder)")
-    parser.add_argument("--n-configs", type=int, default=1000)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training part")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--max-L", type=int, default=1)
+    tr.add_common_arguments(parser, n_configs=1000, test_fraction=0.1, epochs=60, batch_size=8, max_l=1,
+                            models=",".join(MODELS))
     parser.add_argument("--correlation", type=int, default=2)
-    parser.add_argument("--r-max", type=float, default=4.0)
     parser.add_argument("--energy-weight", type=float, default=10.0, help="stage one (stage two: 1000)")
     parser.add_argument("--start-swa", type=float, default=0.7, help="stage two from this fraction of the epochs")
     parser.add_argument("--charge-width", type=float, default=0.5, help="Gaussian std of charges/latent heads, Å")
     parser.add_argument("--charges-weight", type=float, default=100.0, help="for charges and qeq")
     parser.add_argument("--dipole-weight", type=float, default=1.0, help="for latent")
-    parser.add_argument("--dtype", default="float32", help="training dtype (evaluation is float64)")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="threads per training process")
-    parser.add_argument("--parallel", action="store_true", help="train the models at the same time")
-    parser.add_argument("--reuse", action="store_true", help="evaluate models already trained in --workdir")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_configs, args.epochs, args.batch_size = 30, 1, 8
@@ -82,19 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def training_options(args, train_file: Path, test_file: Path, run: str) -> dict:
     """mace_lr_run_train options; identical for every run except the long-range ones."""
     long_range, extra = MODELS[run]
-    options = {
-        "train_file": train_file, "test_file": test_file, "valid_fraction": args.valid_fraction,
-        "energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
-        "dipole_key": "REF_dipole", "total_charge_key": "total_charge", "total_spin_key": "total_spin",
-        "model": "MACE", "num_channels": args.channels, "max_L": args.max_L, "num_interactions": 2,
-        "correlation": args.correlation, "r_max": args.r_max, "E0s": "average",
-        "batch_size": args.batch_size, "valid_batch_size": 32, "max_num_epochs": args.epochs, "lr": args.lr,
-        "energy_weight": args.energy_weight, "forces_weight": 100.0, "ema": True, "ema_decay": 0.99,
-        "swa": not args.quick, "start_swa": max(1, int(args.start_swa * args.epochs)), "swa_lr": args.lr / 10,
-        "swa_energy_weight": 1000.0, "swa_forces_weight": 100.0,
-        "error_table": "PerAtomRMSE", "default_dtype": args.dtype, "device": "cpu", "seed": args.seed,
-        "long_range": long_range,
-    }
+    keys = {"energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
+            "dipole_key": "REF_dipole", "total_charge_key": "total_charge", "total_spin_key": "total_spin"}
+    options = tr.base_options(args, train_file, test_file, long_range, energy_weight=args.energy_weight,
+                              start_swa_fraction=args.start_swa, valid_batch_size=32, error_table="PerAtomRMSE",
+                              correlation=args.correlation, keys=keys)
     if long_range in ("charges", "latent"):
         options["lr_charge_width"] = args.charge_width
     if long_range in ("charges", "qeq"):
@@ -145,14 +122,8 @@ def main(argv=None) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="acc_charge_transfer_"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"workdir: {workdir}\n{tr.machine_line()}")
-    data = workdir / "clusters.xyz"
-    if not data.exists():
-        seconds = tr.generate("clusters", args.n_configs, args.seed, data)
-        print(f"generated {args.n_configs} clusters in {seconds:.0f} s")
-    configs = tr.read_configs(data)[: args.n_configs]
-    train, test = tr.split(configs, args.test_fraction, args.seed)
-    train_file = tr.write_configs(workdir / "train.xyz", train)
-    test_file = tr.write_configs(workdir / "test.xyz", test)
+    train, test, train_file, test_file = tr.prepare_data(workdir, "clusters", args.n_configs, args.seed,
+                                                          args.test_fraction)
     print(f"{len(train)} train+valid, {len(test)} test clusters")
 
     runs = {name: training_options(args, train_file, test_file, name) for name in args.models.split(",")}

@@ -33,26 +33,11 @@ PUBLISHED = {"short-range (LES paper, CACE)": (6.11, 175.0), "LES (LES paper, CA
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny data, 1 epoch (smoke test)")
-    parser.add_argument("--workdir", type=Path, default=None, help="data, models and logs (default: a temp folder)")
-    parser.add_argument("--n-configs", type=int, default=300, help="configurations generated (default 300)")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out test fraction (default 0.1)")
-    parser.add_argument("--valid-fraction", type=float, default=0.1, help="of the training part, for MACE's validation")
-    parser.add_argument("--epochs", type=int, default=80)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--max-L", type=int, default=0)
-    parser.add_argument("--r-max", type=float, default=4.0)
+    tr.add_common_arguments(parser, n_configs=300, test_fraction=0.1, epochs=80, batch_size=4, max_l=0,
+                            models="none,latent")
     parser.add_argument("--charge-width", type=float, default=0.5, help="latent charge Gaussian std, Å")
     parser.add_argument("--accuracy", type=float, default=1e-3, help="--electrostatics_accuracy")
-    parser.add_argument("--dtype", default="float32", help="training dtype (evaluation is float64)")
     parser.add_argument("--no-swa", action="store_true", help="no stage two (SWA, higher energy weight)")
-    parser.add_argument("--models", default="none,latent", help="comma-separated --long_range values")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="threads per training process")
-    parser.add_argument("--parallel", action="store_true", help="train the models at the same time")
-    parser.add_argument("--reuse", action="store_true", help="evaluate models already trained in --workdir")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_configs, args.epochs, args.batch_size = 12, 1, 2
@@ -61,18 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def training_options(args, train_file: Path, test_file: Path, long_range: str) -> dict:
     """mace_lr_run_train options; identical for every model except the long-range ones."""
-    options = {
-        "train_file": train_file, "test_file": test_file, "valid_fraction": args.valid_fraction,
-        "energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
-        "model": "MACE", "num_channels": args.channels, "max_L": args.max_L, "num_interactions": 2,
-        "correlation": 2, "r_max": args.r_max, "E0s": "average",
-        "batch_size": args.batch_size, "valid_batch_size": 8, "max_num_epochs": args.epochs, "lr": args.lr,
-        "energy_weight": 1.0, "forces_weight": 100.0, "ema": True, "ema_decay": 0.99,
-        "swa": not args.no_swa and not args.quick, "start_swa": max(1, int(0.75 * args.epochs)),
-        "swa_lr": args.lr / 10, "swa_energy_weight": 1000.0, "swa_forces_weight": 100.0,
-        "error_table": "PerAtomMAE", "default_dtype": args.dtype, "device": "cpu", "seed": args.seed,
-        "long_range": long_range,
-    }
+    options = tr.base_options(args, train_file, test_file, long_range, energy_weight=1.0, start_swa_fraction=0.75,
+                              valid_batch_size=8, error_table="PerAtomMAE", swa=not args.no_swa)
     if long_range != "none":
         options.update(lr_charge_width=args.charge_width, electrostatics_accuracy=args.accuracy)
     return options
@@ -112,14 +87,8 @@ def main(argv=None) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="acc_random_charges_"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"workdir: {workdir}\n{tr.machine_line()}")
-    data = workdir / "random_charges.xyz"
-    if not data.exists():
-        seconds = tr.generate("random-charges", args.n_configs, args.seed, data)
-        print(f"generated {args.n_configs} configurations in {seconds:.0f} s")
-    configs = tr.read_configs(data)[: args.n_configs]
-    train, test = tr.split(configs, args.test_fraction, args.seed)
-    train_file = tr.write_configs(workdir / "train.xyz", train)
-    test_file = tr.write_configs(workdir / "test.xyz", test)
+    train, test, train_file, test_file = tr.prepare_data(workdir, "random-charges", args.n_configs, args.seed,
+                                                          args.test_fraction)
     n_valid = int(round(args.valid_fraction * len(train)))
     print(f"{len(train)} train+valid ({len(train) - n_valid} train, ~{n_valid} valid), {len(test)} test; "
           f"{len(configs[0])} atoms per box")
