@@ -4,7 +4,10 @@ Forward pass:
 
 1. the backbone runs unchanged, asked only for its energy and node features (no
    gradients); with stress/virials requested it builds MACE's symmetric strain
-   ``displacement``, from which we strain positions, cell and shifts for the heads;
+   ``displacement``, from which we strain positions, cell and shifts for the heads.
+   With ``ewald_mp`` the backbone's layers are run here instead
+   (:meth:`MACELR._backbone_with_messages`, the same computation as ScaleShiftMACE's
+   forward) so that reciprocal-space messages can be added after chosen layers;
 2. each head (:mod:`mace_lr.heads`) gets the features and the strained geometry and
    returns its energy and atomic shares;
 3. forces, virials and stress come from one autograd pass over the total energy with
@@ -26,10 +29,12 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from e3nn.util.jit import compile_mode
 from mace.modules.models import ScaleShiftMACE
-from mace.modules.utils import get_edge_vectors_and_lengths, get_outputs
+from mace.modules.utils import get_edge_vectors_and_lengths, get_outputs, prepare_graph
+from mace.tools.scatter import scatter_sum
 
 from .field import field_node_energy
 from .heads import LongRangeConfig, build_heads
+from .heads.ewald_mp import EwaldMessagePassing, build_ewald_message_passing
 from .heads.contract import graph_sum, layer_irreps, scalar_feature_indices
 
 
@@ -37,10 +42,13 @@ from .heads.contract import graph_sum, layer_irreps, scalar_feature_indices
 class MACELR(torch.nn.Module):
     """ScaleShiftMACE + long-range heads. Units: eV, Å, e, V/Å."""
 
-    def __init__(self, backbone: ScaleShiftMACE, heads: List[torch.nn.Module], config: LongRangeConfig) -> None:
+    def __init__(self, backbone: ScaleShiftMACE, heads: List[torch.nn.Module], config: LongRangeConfig,
+                 message_passing: Optional[EwaldMessagePassing] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.long_range_heads = torch.nn.ModuleList(heads)
+        # zero or one EwaldMessagePassing (a list, so TorchScript compiles both cases)
+        self.message_passing = torch.nn.ModuleList([] if message_passing is None else [message_passing])
         self.long_range = "+".join(config.heads) if config.heads else "none"
         self.long_range_config = {
             "charge_width": config.charge_width,
@@ -51,6 +59,11 @@ class MACELR(torch.nn.Module):
             "qeq_dense_max_atoms": config.qeq_dense_max_atoms,
             "qeq_tolerance": config.qeq_tolerance,
             "qeq_max_width": config.qeq_max_width,
+            "lode_smearing": config.lode_smearing,
+            "lode_channels": config.lode_channels,
+            "ewald_mp_layers": list(config.ewald_mp_layers),
+            "ewald_mp_channels": config.ewald_mp_channels,
+            "ewald_mp_smearings": list(config.ewald_mp_smearings),
         }
         # MACE's attributes, so mace's calculator / tools treat this like a MACE model
         self.register_buffer("atomic_numbers", backbone.atomic_numbers.clone())
@@ -81,7 +94,7 @@ class MACELR(torch.nn.Module):
     ) -> Dict[str, Optional[torch.Tensor]]:
         # a batch carrying reference Born charges (training with --bec_weight) asks for them
         compute_bec = compute_bec or ("bec" in data and len(self.long_range_heads) > 0)
-        if len(self.long_range_heads) == 0 and not compute_bec:
+        if len(self.long_range_heads) == 0 and len(self.message_passing) == 0 and not compute_bec:
             return self.backbone(
                 data,
                 training=training,
@@ -102,14 +115,17 @@ class MACELR(torch.nn.Module):
         data["positions"].requires_grad_(True)
         positions = data["positions"]  # unstrained: forces are taken with respect to these
         need_strain = compute_virials or compute_stress or compute_displacement
-        out = self.backbone(
-            data,
-            training=training,
-            compute_force=False,
-            compute_virials=False,
-            compute_stress=False,
-            compute_displacement=need_strain,
-        )
+        if len(self.message_passing) > 0:
+            out = self._backbone_with_messages(data, need_strain)
+        else:
+            out = self.backbone(
+                data,
+                training=training,
+                compute_force=False,
+                compute_virials=False,
+                compute_stress=False,
+                compute_displacement=need_strain,
+            )
         displacement = out["displacement"]
         cell = data["cell"].view(-1, 3, 3)
         strained_positions = positions
@@ -187,6 +203,55 @@ class MACELR(torch.nn.Module):
             "bec": bec,
         }
 
+    def _backbone_with_messages(self, data: Dict[str, torch.Tensor], need_strain: bool) -> Dict[str, Optional[torch.Tensor]]:
+        """ScaleShiftMACE's forward (energies and features, no derivatives) with the ewald_mp
+        messages added to the node features after the chosen interaction layers."""
+        ctx = prepare_graph(data, compute_displacement=need_strain)
+        num_graphs = ctx.num_graphs
+        node_heads = ctx.node_heads.to(torch.int64)
+        num_atoms_arange = ctx.num_atoms_arange.to(torch.int64)
+        node_e0 = self.backbone.atomic_energies_fn(data["node_attrs"])[num_atoms_arange, node_heads]
+        e0 = scatter_sum(src=node_e0, index=data["batch"], dim=0, dim_size=num_graphs).to(ctx.vectors.dtype)
+        node_feats = self.backbone.node_embedding(data["node_attrs"])
+        edge_attrs = self.backbone.spherical_harmonics(ctx.vectors)
+        edge_feats, cutoff = self.backbone.radial_embedding(
+            ctx.lengths, data["node_attrs"], data["edge_index"], self.backbone.atomic_numbers)
+        positions = data["positions"]  # strained by prepare_graph when need_strain
+        cell = data["cell"].view(-1, 3, 3)
+        displacement = ctx.displacement
+        if need_strain and displacement is not None:
+            cell = cell + torch.matmul(cell, 0.5 * (displacement + displacement.transpose(-1, -2)))
+        pbc = self._pbc(data, cell)
+        node_es_list: List[torch.Tensor] = [torch.zeros_like(node_e0)]
+        node_feats_list: List[torch.Tensor] = []
+        for i, (interaction, product) in enumerate(zip(self.backbone.interactions, self.backbone.products)):
+            node_feats, sc = interaction(
+                node_attrs=data["node_attrs"], node_feats=node_feats, edge_attrs=edge_attrs, edge_feats=edge_feats,
+                edge_index=data["edge_index"], cutoff=cutoff, first_layer=(i == 0),
+                lammps_class=ctx.interaction_kwargs.lammps_class, lammps_natoms=ctx.interaction_kwargs.lammps_natoms)
+            node_feats = product(node_feats=node_feats, sc=sc, node_attrs=data["node_attrs"])
+            for block in self.message_passing:
+                node_feats = block.apply(i, node_feats, positions, cell, pbc, data["batch"], data["ptr"])
+            node_feats_list.append(node_feats)
+        for i, readout in enumerate(self.backbone.readouts):
+            feat_idx = -1 if len(self.backbone.readouts) == 1 else i
+            node_es_list.append(readout(node_feats_list[feat_idx], node_heads)[num_atoms_arange, node_heads])
+        node_inter_es = self.backbone.scale_shift(torch.sum(torch.stack(node_es_list, dim=0), dim=0), node_heads)
+        inter_e = scatter_sum(src=node_inter_es, index=data["batch"], dim=-1, dim_size=num_graphs)
+        return {
+            "energy": e0 + inter_e,
+            "node_energy": node_e0.clone().double() + node_inter_es.clone().double(),
+            "interaction_energy": inter_e,
+            "node_feats": torch.cat(node_feats_list, dim=-1),
+            "displacement": displacement,
+        }
+
+    def _pbc(self, data: Dict[str, torch.Tensor], cell: torch.Tensor) -> torch.Tensor:
+        """[G, 3] bool; without a ``pbc`` key a cell with volume means periodic."""
+        if "pbc" in data:
+            return data["pbc"].view(-1, 3).to(torch.bool)
+        return (torch.linalg.det(cell).abs() > 1e-6).unsqueeze(-1).expand(cell.shape[0], 3)
+
     def _head_inputs(
         self,
         data: Dict[str, torch.Tensor],
@@ -198,10 +263,7 @@ class MACELR(torch.nn.Module):
         """The contract's input dict (see :mod:`mace_lr.heads.contract`); strained geometry."""
         num_graphs = int(data["ptr"].numel()) - 1
         _, lengths = get_edge_vectors_and_lengths(positions, data["edge_index"], shifts)
-        if "pbc" in data:
-            pbc = data["pbc"].view(-1, 3).to(torch.bool)
-        else:  # no pbc key: a cell with volume means periodic
-            pbc = (torch.linalg.det(cell).abs() > 1e-6).unsqueeze(-1).expand(num_graphs, 3)
+        pbc = self._pbc(data, cell)
         if "total_charge" in data:
             total_charge = data["total_charge"].view(-1).to(positions.dtype)
         else:
@@ -254,8 +316,13 @@ def build_macelr(
     irreps = layer_irreps(backbone)
     num_scalars = int(scalar_feature_indices(irreps).numel())
     atomic_numbers = [int(z) for z in backbone.atomic_numbers]
-    heads = build_heads(config, num_scalars, atomic_numbers, float(backbone.r_max), element_charges)
-    model = MACELR(backbone, heads, config)
+    heads = build_heads(config, num_scalars, atomic_numbers, float(backbone.r_max), element_charges, irreps)
+    message_passing = None
+    if "ewald_mp" in config.heads:
+        message_passing = build_ewald_message_passing(
+            backbone, irreps, config.ewald_mp_layers, config.ewald_mp_channels, config.ewald_mp_smearings,
+            config.accuracy)
+    model = MACELR(backbone, heads, config, message_passing)
     dtype = next(backbone.parameters()).dtype
     return model.to(dtype)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-#: Heads that exist now; later issues add dipoles, lode, ewald_mp.
-HEAD_NAMES: tuple[str, ...] = ("charges", "latent", "qeq")
+#: Heads that exist now; a later issue adds dipoles. ``ewald_mp`` is a block inside the backbone.
+HEAD_NAMES: tuple[str, ...] = ("charges", "latent", "qeq", "lode", "ewald_mp")
 
 #: Heads that set the charges of the whole structure: they cannot be combined with other charge heads.
 EXCLUSIVE_CHARGE_HEADS: tuple[str, ...] = ("qeq",)
@@ -30,6 +30,13 @@ class LongRangeConfig:
     qeq_tolerance: relative residual of the iterative solver.
     qeq_max_width: largest learnable Gaussian width (Å); None = the largest that
         periodic sums allow with the backbone's r_max (at most 1 Å).
+    lode_smearing: Gaussian std of the LODE densities (Å).
+    lode_channels: 0 = one density per element; k > 0 = k learned channels.
+    ewald_mp_layers: interaction layers (0-based) after which the reciprocal-space
+        message is added to the node features.
+    ewald_mp_channels: channels of the reciprocal-space messages.
+    ewald_mp_smearings: Gaussian widths (Å) whose smoothed Coulomb kernels, mixed with
+        learned weights, form the message filter (k-space: sum_m a_m 4 pi exp(-k^2 s_m^2/2) / k^2).
     """
 
     heads: tuple[str, ...] = ()
@@ -41,6 +48,11 @@ class LongRangeConfig:
     qeq_dense_max_atoms: int = 1000
     qeq_tolerance: float = 1e-8
     qeq_max_width: Optional[float] = None
+    lode_smearing: float = 1.0
+    lode_channels: int = 0
+    ewald_mp_layers: tuple[int, ...] = (0,)
+    ewald_mp_channels: int = 16
+    ewald_mp_smearings: tuple[float, ...] = (1.0, 2.0, 4.0)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,6 +70,13 @@ class LongRangeConfig:
             raise ValueError(f"qeq_tolerance must be in (0, 1), got {self.qeq_tolerance}")
         if self.qeq_max_width is not None and not self.qeq_max_width > 0.0:
             raise ValueError(f"qeq_max_width must be > 0 Å, got {self.qeq_max_width}")
+        if not self.lode_smearing > 0.0 or self.lode_channels < 0:
+            raise ValueError(f"lode_smearing must be > 0 Å and lode_channels >= 0, got {self.lode_smearing}, "
+                             f"{self.lode_channels}")
+        if not self.ewald_mp_layers or any(layer < 0 for layer in self.ewald_mp_layers):
+            raise ValueError(f"ewald_mp_layers must list layer indices >= 0, got {self.ewald_mp_layers}")
+        if self.ewald_mp_channels < 1 or not self.ewald_mp_smearings or min(self.ewald_mp_smearings) <= 0.0:
+            raise ValueError("ewald_mp needs >= 1 channel and smearings > 0 Å")
 
 
 def check_combination(heads: tuple[str, ...]) -> None:

@@ -10,6 +10,7 @@ from ..electrostatics.graph import GraphCoulomb
 from .charges import build_charges_head
 from .config import LongRangeConfig
 from .latent import build_latent_head
+from .lode import build_lode_head
 from .qeq import build_qeq_head
 
 
@@ -19,8 +20,13 @@ def build_heads(
     atomic_numbers: Sequence[int],
     r_max: float,
     element_charges: Optional[Mapping[int, float]] = None,
+    irreps_per_layer: Sequence[str] = (),
 ) -> List[torch.nn.Module]:
-    """Modules for ``config.heads``, in order, sharing one Coulomb setting."""
+    """Modules for ``config.heads``, in order, sharing one Coulomb setting.
+
+    ``ewald_mp`` is not a head (it acts inside the backbone; see
+    :func:`mace_lr.heads.ewald_mp.build_ewald_message_passing`) and is skipped here.
+    """
     coulomb = GraphCoulomb(
         width=config.charge_width, cutoff=r_max, accuracy=config.accuracy, method=config.method
     )
@@ -34,6 +40,11 @@ def build_heads(
             heads.append(build_qeq_head(
                 num_scalars, atomic_numbers, r_max, config.accuracy, config.readout_hidden, config.qeq_max_width,
                 config.qeq_solver, config.qeq_dense_max_atoms, config.qeq_tolerance, config.method))
+        elif name == "lode":
+            heads.append(build_lode_head(num_scalars, atomic_numbers, irreps_per_layer, config.lode_smearing,
+                                         config.accuracy, config.readout_hidden, config.lode_channels))
+        elif name == "ewald_mp":
+            continue
         else:  # LongRangeConfig validated the names
             raise AssertionError(name)
     return heads

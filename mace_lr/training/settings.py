@@ -15,6 +15,7 @@ from mace import tools
 from ..electrostatics.graph import GRAPH_METHODS
 from ..data.io import BEC_KEY
 from ..heads import LongRangeConfig, parse_long_range
+from ..heads.config import CHARGE_HEADS
 
 #: ``--charges_weight`` when not given: fit charges only with the explicit ``charges`` head.
 DEFAULT_CHARGES_WEIGHT = 100.0
@@ -53,13 +54,40 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _int_list(text: str) -> list:
+    try:
+        values = [int(part) for part in str(text).strip("[]").split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected layer indices >= 0, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> list:
+    try:
+        values = [float(part) for part in str(text).strip("[]").split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0.0:
+        raise argparse.ArgumentTypeError(f"expected positive widths, got {text!r}")
+    return values
+
+
 def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the long-range flags to a (MACE) argument parser; returns it."""
     group = parser.add_argument_group("long-range electrostatics (mace-lr)")
     group.add_argument(
         "--long_range", type=_long_range_text, default="none",
-        help="long-range heads: none, charges, latent, qeq, or a '+' combination (e.g. charges+latent; "
-        "qeq does not combine with other charge heads)",
+        help="long-range heads: none, charges, latent, qeq, lode, ewald_mp, or a '+' combination (e.g. "
+        "charges+latent, qeq+lode, latent+ewald_mp; qeq does not combine with other charge heads)",
     )
     group.add_argument("--lr_charge_width", type=_non_negative, default=1.0,
                        help="Gaussian std of the model charges (Å); 0 = point charges")
@@ -82,6 +110,16 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     group.add_argument("--qeq_max_width", type=_positive, default=None,
                        help="largest learnable Gaussian width of the qeq head (Å); default: the largest the "
                        "periodic sums allow with r_max (at most 1 Å)")
+    group.add_argument("--lode_smearing", type=_positive, default=1.0,
+                       help="Gaussian std of the densities whose potential and field the lode head sees (Å)")
+    group.add_argument("--lode_channels", type=_non_negative_int, default=0,
+                       help="lode densities: 0 = one per element, k > 0 = k learned channels")
+    group.add_argument("--ewald_mp_layers", type=_int_list, default=[0],
+                       help="interaction layers (0-based, comma-separated) after which ewald_mp adds its message")
+    group.add_argument("--ewald_mp_channels", type=_positive_int, default=16,
+                       help="channels of the ewald_mp reciprocal-space messages")
+    group.add_argument("--ewald_mp_smearings", type=_float_list, default=[1.0, 2.0, 4.0],
+                       help="widths (Å) of the smoothed Coulomb kernels that form the ewald_mp filter")
     group.add_argument(
         "--charges_weight", type=_non_negative, default=None,
         help=f"weight of the per-atom charge MSE (e^-2); default {DEFAULT_CHARGES_WEIGHT} with the "
@@ -138,9 +176,10 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
     """Check the long-range arguments against MACE's and resolve defaults; ValueError if inconsistent."""
     heads = parse_long_range(args.long_range)
     swa_bec_weight = args.bec_weight if args.swa_bec_weight is None else args.swa_bec_weight
-    if (args.bec_weight > 0.0 or swa_bec_weight > 0.0) and not heads:
-        raise ValueError("--bec_weight needs a head that carries charges (--long_range charges, latent, ...); "
-                         "a short-range MACE has no dipole to differentiate")
+    has_charges = any(name in CHARGE_HEADS for name in heads)
+    if (args.bec_weight > 0.0 or swa_bec_weight > 0.0) and not has_charges:
+        raise ValueError("--bec_weight needs a head that carries charges (--long_range charges, latent, qeq); "
+                         "without charges the model has no dipole to differentiate")
     if args.distributed and args.launcher == "none":
         raise ValueError("--distributed needs --launcher torchrun, slurm or mpi (MACE starts no process group with 'none')")
     charges_weight = args.charges_weight
@@ -156,8 +195,8 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
                 f"--loss {args.loss} is for MACE's dipole models; with --long_range the dipole term is "
                 "added to any energy/forces loss, weighted by --dipole_weight"
             )
-    elif args.charges_weight:
-        raise ValueError("--charges_weight needs a charge head (--long_range charges, latent, ...)")
+    if args.charges_weight and not has_charges:
+        raise ValueError("--charges_weight needs a charge head (--long_range charges, latent, qeq)")
     config = LongRangeConfig(
         heads=heads,
         charge_width=args.lr_charge_width,
@@ -168,6 +207,11 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
         qeq_dense_max_atoms=args.qeq_dense_max_atoms,
         qeq_tolerance=args.qeq_tolerance,
         qeq_max_width=args.qeq_max_width,
+        lode_smearing=args.lode_smearing,
+        lode_channels=args.lode_channels,
+        ewald_mp_layers=tuple(args.ewald_mp_layers),
+        ewald_mp_channels=args.ewald_mp_channels,
+        ewald_mp_smearings=tuple(args.ewald_mp_smearings),
     )
     return LongRangeTraining(
         long_range=config,

@@ -1,0 +1,178 @@
+"""Nonlocal descriptors (lode) and reciprocal-space message passing (ewald_mp).
+
+float64. The smeared potentials are checked against the electrostatics engine (same
+kernel: a LODE cloud of std s is an engine charge of width s / sqrt 2) to the engine's
+requested accuracy. Finite differences: central, 1e-4 Å and 1e-5 strain, compared at
+1e-6 (truncation error ~eps^2 * third derivative, below 1e-7 here).
+"""
+
+from __future__ import annotations
+
+import math
+
+import mace  # noqa: F401
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from e3nn.util import jit
+from scipy.spatial.transform import Rotation
+
+from helpers import random_neutral_ions
+from mace_lr.electrostatics import COULOMB_CONSTANT, Electrostatics
+from mace_lr.electrostatics.smeared import SmearedPotential, neutralise
+from mace_lr.heads import LongRangeConfig
+from mace_lr.models import build_macelr
+from model_helpers import batch_dict, nacl_crystal, tiny_backbone, water_cluster
+
+VARIANTS = [("lode",), ("ewald_mp",), ("qeq", "lode"), ("latent", "ewald_mp")]
+
+
+def nonlocal_model(heads, seed: int = 0, **config):
+    """Tiny float64 MACELR whose zero-initialised nonlocal parts are given random weights."""
+    torch.manual_seed(seed)
+    options = {"ewald_mp_layers": (0, 1), "ewald_mp_channels": 4, "ewald_mp_smearings": (1.0, 2.5), **config}
+    model = build_macelr(tiny_backbone(seed=seed), LongRangeConfig(heads=tuple(heads), **options))
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "mlp.2" in name and "long_range_heads" in name and "readout" not in name:  # lode's last layer
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+            if "to_features" in name:
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+# ------------------------------------------------------------------ the descriptors
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_smeared_potential_and_field_match_the_engine(periodic):
+    atoms = random_neutral_ions(16, np.array([[9.0, 0, 0], [1.0, 8.5, 0], [0.5, 0.3, 9.5]]), seed=4)
+    positions, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
+    sources = neutralise(torch.tensor(np.random.default_rng(0).normal(size=(len(atoms), 2))),
+                         torch.zeros(len(atoms), dtype=torch.long), torch.tensor([0, len(atoms)]))
+    assert torch.allclose(sources.sum(0), torch.zeros(2), atol=1e-12)
+    smearing = 1.2
+    pbc = torch.tensor([[periodic] * 3])
+    potential, field = SmearedPotential(smearing, accuracy=1e-8)(sources, positions, cell[None], pbc,
+                                                                 torch.tensor([0, len(atoms)]))
+    engine = Electrostatics(method="ewald", smearing=smearing / math.sqrt(2), accuracy=1e-9)
+    for c in range(2):
+        out = engine(positions, sources[:, c], (cell if periodic else 0 * cell)[None], pbc, compute_field=True)
+        torch.testing.assert_close(potential[:, c], out["potential"] / COULOMB_CONSTANT, rtol=0, atol=1e-9)
+        torch.testing.assert_close(field[:, c], out["field"] / COULOMB_CONSTANT, rtol=0, atol=1e-9)
+
+
+def test_descriptors_see_a_group_moved_far_beyond_the_receptive_field():
+    """An atom's lode descriptor (and ewald_mp features) change when an ion pair 25-30 Å away moves;
+    the backbone's own features (receptive field 2 x 4 Å) do not."""
+    near = water_cluster(seed=2)
+    far = molecule("H2O") + random_neutral_ions(1, np.eye(3) * 3.0, seed=1)
+    far.translate([25.0, 0.0, 0.0])
+    moved = far.copy()
+    moved.positions[-2:] += [[2.0, 0.0, 0.0], [-0.5, 1.0, 0.0]]
+    outputs = {}
+    for heads in (("lode",), ("ewald_mp",)):
+        model = nonlocal_model(heads)
+        for label, group in (("before", far), ("after", moved)):
+            batch = batch_dict([near + group], model)
+            out = model(batch)
+            inputs = model._head_inputs(batch, out["node_feats"], batch["positions"], batch["cell"].view(-1, 3, 3),
+                                        batch["shifts"])
+            backbone_feats = model.backbone(batch_dict([near + group], model))["node_feats"]
+            outputs[heads, label] = (out["node_feats"][: len(near)], backbone_feats[: len(near)],
+                                     model.long_range_heads[0].descriptors(inputs)[: len(near)] if heads == ("lode",) else None)
+    lode_before, lode_after = outputs[("lode",), "before"][2], outputs[("lode",), "after"][2]
+    assert float((lode_after - lode_before).abs().max()) > 1e-4
+    mp_before, mp_after = outputs[("ewald_mp",), "before"][0], outputs[("ewald_mp",), "after"][0]
+    assert float((mp_after - mp_before).abs().max()) > 1e-6
+    for heads in (("lode",), ("ewald_mp",)):  # the plain backbone cannot see it
+        torch.testing.assert_close(outputs[heads, "after"][1], outputs[heads, "before"][1], rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ models
+
+
+def test_zero_initialised_parts_start_from_the_backbone():
+    backbone = tiny_backbone()
+    structures = [nacl_crystal(), water_cluster()]
+    reference = backbone(batch_dict(structures, backbone), compute_stress=True)
+    for heads in (("lode",), ("ewald_mp",)):
+        torch.manual_seed(0)
+        model = build_macelr(tiny_backbone(), LongRangeConfig(heads=heads))
+        out = model(batch_dict(structures, model), compute_stress=True)
+        for key in ("energy", "forces", "stress"):
+            torch.testing.assert_close(out[key], reference[key], rtol=0, atol=1e-12, msg=f"{heads} {key}")
+        changed = nonlocal_model(heads)(batch_dict(structures, model))
+        assert float((changed["energy"] - reference["energy"]).abs().min()) > 1e-4
+
+
+@pytest.mark.parametrize("heads", VARIANTS, ids=lambda h: "+".join(h))
+def test_invariance_and_equivariance(heads):
+    model = nonlocal_model(heads)
+    for atoms in (water_cluster(charge=1.0), nacl_crystal()):
+        rotation = Rotation.random(random_state=5).as_matrix()
+        moved = atoms.copy()
+        moved.positions = atoms.positions @ rotation.T + [0.7, -1.1, 2.3]
+        if atoms.pbc.all():
+            moved.cell = atoms.cell.array @ rotation.T
+        first = model(batch_dict([atoms], model))
+        second = model(batch_dict([moved], model))
+        torch.testing.assert_close(second["energy"], first["energy"], rtol=0, atol=1e-9)
+        torch.testing.assert_close(second["forces"], first["forces"] @ torch.tensor(rotation).T, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("heads", VARIANTS, ids=lambda h: "+".join(h))
+def test_forces_and_stress_equal_finite_differences(heads):
+    model = nonlocal_model(heads)
+    for atoms in (nacl_crystal(), water_cluster(charge=-1.0)):
+        periodic = bool(atoms.pbc.all())
+        out = model(batch_dict([atoms], model), compute_stress=periodic)
+
+        def energy(structure) -> float:
+            return float(model(batch_dict([structure], model), compute_force=False)["energy"][0])
+
+        step = 1e-4
+        for i in (3,):
+            for a in range(3):
+                plus, minus = atoms.copy(), atoms.copy()
+                plus.positions[i, a] += step
+                minus.positions[i, a] -= step
+                numerical = -(energy(plus) - energy(minus)) / (2 * step)
+                assert float(out["forces"][i, a]) == pytest.approx(numerical, abs=1e-6), (heads, i, a)
+        if periodic:
+            volume = atoms.get_volume()
+            for a, b in ((0, 0), (1, 2)):
+                strained = []
+                for sign in (1, -1):
+                    strain = np.eye(3)
+                    strain[a, b] += sign * 0.5e-5
+                    strain[b, a] += sign * 0.5e-5
+                    copy = atoms.copy()
+                    copy.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+                    strained.append(energy(copy))
+                numerical = (strained[0] - strained[1]) / (2e-5 * volume)
+                assert float(out["stress"][0, a, b]) == pytest.approx(numerical, abs=1e-6), (heads, a, b)
+
+
+@pytest.mark.parametrize("heads", VARIANTS, ids=lambda h: "+".join(h))
+def test_torchscript_equals_eager_and_mixed_batch_equals_one_by_one(heads):
+    model = nonlocal_model(heads)
+    structures = [nacl_crystal(), water_cluster(charge=1.0)]
+    together = model(batch_dict(structures, model), compute_stress=True)
+    scripted = jit.compile(model)(batch_dict(structures, model), compute_stress=True)
+    for key in ("energy", "forces", "stress", "node_energy"):
+        torch.testing.assert_close(scripted[key], together[key], rtol=0, atol=1e-10, msg=key)
+    start = 0
+    for atoms in structures:
+        alone = model(batch_dict([atoms], model), compute_stress=bool(atoms.pbc.all()))
+        stop = start + len(atoms)
+        torch.testing.assert_close(together["forces"][start:stop], alone["forces"], rtol=0, atol=1e-10)
+        start = stop
+        assert float(alone["node_energy"].sum()) == pytest.approx(float(alone["energy"][0]), abs=1e-9)
+
+
+def test_bad_ewald_mp_layers_are_refused():
+    with pytest.raises(ValueError, match="do not exist"):
+        build_macelr(tiny_backbone(), LongRangeConfig(heads=("ewald_mp",), ewald_mp_layers=(5,)))
