@@ -49,7 +49,9 @@ def training_options(args, train_file: Path, test_file: Path, long_range: str) -
     options = tr.base_options(args, train_file, test_file, long_range, energy_weight=1.0, start_swa_fraction=0.75,
                               valid_batch_size=8, error_table="PerAtomMAE", swa=not args.no_swa)
     if long_range != "none":
-        options.update(lr_charge_width=args.charge_width, electrostatics_accuracy=args.accuracy)
+        options.update(electrostatics_accuracy=args.accuracy)
+    if long_range in ("charges", "latent"):
+        options.update(lr_charge_width=args.charge_width)
     return options
 
 
@@ -73,7 +75,7 @@ def result_rows(test, predictions: dict, times: dict) -> list:
         errors = tr.energy_force_errors(test, pred)
         row = [name, 1e3 * tr.mae(errors["energy_per_atom"]), 1e3 * float(np.mean(errors["energy_per_atom"])),
                1e3 * tr.mae(errors["forces"])]
-        if name != "none" and pred[0]["charges"] is not None:
+        if name != "none" and pred[0]["charges"] is not None and np.any(pred[0]["charges"]):
             q = charge_metrics(test, pred)
             row += [f"{q['correlation']:.6f}", q["mae"], f"{q['sign']:+.0f} / {q['scale']:.4f}"]
         else:

@@ -8,7 +8,9 @@ float64, one structure per call. Backbone (the same object, hence the same weigh
 every MACE-LR variant): ScaleShiftMACE, 64x0e+64x1o, max_ell 3, 2 interactions
 (RealAgnosticResidualInteractionBlock), correlation 3, r_max 5 Å, 8 Bessel, MLP 16x0e,
 H and O. Variants: bare; MACE-LR ``latent``, ``charges``, ``charges+latent`` (default
-LongRangeConfig: width 1 Å, accuracy 1e-5, method auto); ``latent`` with the method
+LongRangeConfig: width 1 Å, accuracy 1e-5, method auto), ``qeq`` (dense solve up to 1000
+atoms, conjugate gradients above), ``lode`` (element densities, s = 1 Å), ``ewald_mp``
+(after layer 0, 16 channels, widths 1, 2, 4 Å); ``latent`` with the method
 forced to Ewald / PME; MACE's ``PolarMACE`` (same hyper-parameters, its default
 long-range settings, own weights; needs ``graph-longrange==0.4.0``); and the head's
 ``GraphCoulomb`` alone (call + backward to positions and charges).
@@ -62,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 96 and 192 atoms, 1 repeat")
     parser.add_argument("--repeats", type=int, default=None, help="rounds per size (default 7, 3 from 2000 atoms)")
     parser.add_argument("--no-polar", action="store_true", help="skip PolarMACE")
+    parser.add_argument("--variants", type=str, default=None,
+                        help="comma-separated subset of the model variants (default: all)")
     parser.add_argument("--memory-budget-gb", type=float, default=18.0,
                         help="skip variants whose estimated peak memory exceeds this")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -164,7 +168,8 @@ def build_models(avg_num_neighbors: float, seed: int, polar: bool):
     torch.manual_seed(seed)
     backbone = modules.ScaleShiftMACE(**backbone_kwargs(avg_num_neighbors)).double().eval()
     models = {"bare": backbone}
-    variants = {"latent": ("latent",), "charges": ("charges",), "charges+latent": ("charges", "latent")}
+    variants = {"latent": ("latent",), "charges": ("charges",), "charges+latent": ("charges", "latent"),
+                "qeq": ("qeq",), "lode": ("lode",), "ewald_mp": ("ewald_mp",)}
     for name, heads in variants.items():
         torch.manual_seed(seed + 1)  # same readout weights wherever a head repeats
         models[name] = build_macelr(backbone, LongRangeConfig(heads=heads), {1: 0.4, 8: -0.8}).eval()
@@ -219,6 +224,8 @@ def estimated_gb(name: str, n_atoms: int, box: float) -> float:
         heads = name.count("latent") + name.count("charges")
         method = name[7:-1] if "[" in name else auto_method(n_atoms)
     backbone = 0.0 if name.startswith("coulomb") else 2.5e-3 * n_atoms
+    if name in ("qeq", "lode", "ewald_mp"):  # their 'auto' caps Ewald's tables (EWALD_MAX_WORK, ~3 GB)
+        return backbone + 3.0
     k_vectors = math.ceil(box / GraphCoulomb(width=1.0, cutoff=5.0, accuracy=1e-5).lr_wavelength) ** 3
     return backbone + (heads * 54e-9 * k_vectors * n_atoms if method == "ewald" else 0.0)
 
@@ -260,9 +267,12 @@ def run_size(n_atoms: int, args, repeats: int) -> dict:
     with warnings.catch_warnings():  # TorchScript annotation warnings from e3nn/mace
         warnings.simplefilter("ignore")
         models = build_models(avg_neighbors, args.seed, not args.no_polar)
-    calls = {name: model_call(m, batch) for name, m in models.items() if not isinstance(m, str)}
+    wanted = set(args.variants.split(",")) | {"bare"} if args.variants else None
+    calls = {name: model_call(m, batch) for name, m in models.items()
+             if not isinstance(m, str) and (wanted is None or name in wanted)}
     for method in ("ewald", "pme"):
-        calls[f"coulomb[{method}]"] = coulomb_call(method, batch, args.seed)
+        if wanted is None or f"coulomb[{method}]" in wanted:
+            calls[f"coulomb[{method}]"] = coulomb_call(method, batch, args.seed)
     for name in list(calls):
         estimate = estimated_gb(name, n_atoms, float(atoms.cell[0, 0]))
         if estimate > args.memory_budget_gb:
@@ -281,7 +291,7 @@ def run_size(n_atoms: int, args, repeats: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ output
-MAIN_COLUMNS = ["bare", "latent", "charges", "charges+latent", "PolarMACE"]
+MAIN_COLUMNS = ["bare", "latent", "charges", "charges+latent", "qeq", "lode", "ewald_mp", "PolarMACE"]
 CLOCK = "wall"  # or "cpu", "user" (--clock)
 
 

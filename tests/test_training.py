@@ -290,7 +290,7 @@ def test_element_charges_average_only_labelled_configs(dataset):
 # ------------------------------------------------------------------ optimizer
 
 
-@pytest.mark.parametrize("heads", ["charges+latent", "qeq"])
+@pytest.mark.parametrize("heads", ["charges+latent", "qeq+lode", "latent+ewald_mp"])
 def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monkeypatch, restore_logging, heads):
     """Build through MACE's real run() (dry run), then take one optimizer step."""
     captured = {}
@@ -311,7 +311,7 @@ def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monk
     run_training(args)
     model, optimizer = captured["model"], captured["optimizer"]
     assert type(model).__name__ == "MACELR"
-    assert len(model.long_range_heads) == len(heads.split("+"))
+    assert len(model.long_range_heads) + len(model.message_passing) == len(heads.split("+"))
 
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -325,8 +325,10 @@ def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monk
         offsets = dict(zip(zs, model.long_range_heads[0].readout.offsets.tolist()))  # the 'charges' head
         assert offsets[11] == pytest.approx(1.0, abs=1e-12)  # Na: +1 e in every ion box
         assert -1.0 <= offsets[17] < -0.5  # Cl: -1 e in the boxes, about -0.95 e as xTB chloride
-    else:
+    elif heads.startswith("qeq"):
         assert {"long_range_heads.0.raw_hardness", "long_range_heads.0.raw_width"} <= set(trainable)
+    else:
+        assert any(name.startswith("message_passing.") for name in trainable)
 
     z_table = AtomicNumberTable(zs)
     batch = _batch(dataset, z_table, n=8)

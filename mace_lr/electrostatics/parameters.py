@@ -51,6 +51,20 @@ class KSpaceParameters:
     interpolation_nodes: int = 4
 
 
+#: ``auto`` in the heads' sums avoids Ewald above this many (k-vector x atom) pairs: torch-pme's
+#: Ewald holds ~54 bytes per pair (cos/sin tables and products), so this is ~2.7 GB.
+EWALD_MAX_WORK = 5.0e7
+
+
+def ewald_work(cell: torch.Tensor, lr_wavelength: float, n_atoms: int) -> float:
+    """(k-vectors torch-pme's Ewald sums) x atoms for a cell [3, 3] (Å) and ``lr_wavelength`` (Å)."""
+    lengths = torch.linalg.norm(cell.detach(), dim=1)
+    count = 1.0
+    for d in range(3):
+        count *= 2.0 * math.ceil(float(lengths[d]) / lr_wavelength) + 1.0
+    return 0.5 * count * float(n_atoms)
+
+
 def _gaussian_tail_argument(tolerance: float) -> float:
     """x such that exp(-x^2 / 2) = tolerance."""
     return math.sqrt(2.0 * math.log(1.0 / tolerance))

@@ -47,7 +47,7 @@ import torch
 import torchpme
 
 from .graph import _reference_pme_spacing
-from .parameters import PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument
+from .parameters import EWALD_MAX_WORK, PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
 from .units import COULOMB_CONSTANT
 
 SOLVERS = ("auto", "dense", "iterative")
@@ -97,7 +97,9 @@ class GaussianCoulombOperator(torch.nn.Module):
         cutoff: real-space cutoff (Å); the pair list given to each call must hold every
             pair within it (both directions for ``edge_index``).
         accuracy: relative accuracy of the periodic sums (as :class:`.Electrostatics`).
-        method: ``auto`` (Ewald up to ``pme_threshold`` atoms, PME above), ``ewald``, ``pme``.
+        method: ``auto`` (Ewald up to ``pme_threshold`` atoms and
+            :data:`~.parameters.EWALD_MAX_WORK` (k-vector x (atom + channel)) pairs, PME above),
+            ``ewald``, ``pme``.
         pme_threshold: atoms per periodic structure above which ``auto`` uses PME.
         block: rows per block of the open-boundary direct sum (bounds its memory).
 
@@ -119,6 +121,7 @@ class GaussianCoulombOperator(torch.nn.Module):
         self.accuracy = float(accuracy)
         self.method = method
         self.pme_threshold = int(pme_threshold)
+        self.ewald_max_work = EWALD_MAX_WORK
         self.block = int(block)
         self.coulomb_constant = COULOMB_CONSTANT
         self.inv_sqrt_pi = _INV_SQRT_PI
@@ -157,7 +160,8 @@ class GaussianCoulombOperator(torch.nn.Module):
         periodic_arg = torch.jit.annotate(Optional[torch.Tensor], None)
         if bool((~pbc).any()):
             periodic_arg = pbc
-        use_pme = self.method == "pme" or (self.method == "auto" and n > self.pme_threshold)
+        use_pme = self.method == "pme" or (self.method == "auto" and (
+            n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n + charges.shape[1]) > self.ewald_max_work))
         if use_pme:
             half = self.pme(charges=charges, cell=cell, positions=positions, neighbor_indices=empty_pairs,
                             neighbor_distances=empty_distances, periodic=periodic_arg)

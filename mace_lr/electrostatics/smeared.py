@@ -29,7 +29,7 @@ import torch
 import torchpme
 
 from .graph import _reference_pme_spacing
-from .parameters import PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument
+from .parameters import EWALD_MAX_WORK, PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
 
 
 class SmearedPotential(torch.nn.Module):
@@ -38,7 +38,8 @@ class SmearedPotential(torch.nn.Module):
     Args:
         smearing: Gaussian std s (Å) of the source clouds.
         accuracy: relative accuracy of the k-space truncation.
-        method: ``auto`` (Ewald up to ``pme_threshold`` atoms, PME above), ``ewald``, ``pme``.
+        method: ``auto`` (Ewald up to ``pme_threshold`` atoms and
+            :data:`~.parameters.EWALD_MAX_WORK` (k-vector x atom) pairs, PME above), ``ewald``, ``pme``.
     """
 
     def __init__(self, smearing: float, accuracy: float = 1e-5, method: str = "auto",
@@ -51,9 +52,11 @@ class SmearedPotential(torch.nn.Module):
         self.smearing = float(smearing)
         self.method = method
         self.pme_threshold = int(pme_threshold)
+        self.ewald_max_work = EWALD_MAX_WORK
         x = _gaussian_tail_argument(SAFETY_FACTOR * accuracy)
+        self.lr_wavelength = math.pi * self.smearing / x
         self.ewald = torchpme.EwaldCalculator(
-            torchpme.CoulombPotential(smearing=self.smearing), lr_wavelength=math.pi * self.smearing / x)
+            torchpme.CoulombPotential(smearing=self.smearing), lr_wavelength=self.lr_wavelength)
         self.pme = torchpme.PMECalculator(
             torchpme.CoulombPotential(smearing=self.smearing),
             mesh_spacing=_reference_pme_spacing(self.smearing, accuracy),
@@ -100,7 +103,8 @@ class SmearedPotential(torch.nn.Module):
     def _periodic(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                   want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         n = positions.shape[0]
-        use_pme = self.method == "pme" or (self.method == "auto" and n > self.pme_threshold)
+        use_pme = self.method == "pme" or (self.method == "auto" and (
+            n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n) > self.ewald_max_work))
         if not want_field:
             return self._kspace(sources, positions, cell, pbc, use_pme), torch.zeros(
                 (n, sources.shape[1], 3), dtype=positions.dtype, device=positions.device)

@@ -22,5 +22,6 @@ def build_charges_head(
 ) -> ChargeHead:
     """Explicit-charge head; ``element_charges`` maps Z to its mean reference charge (e)."""
     offsets = [float((element_charges or {}).get(int(z), 0.0)) for z in atomic_numbers]
-    readout = ScalarReadout(num_scalars, hidden, len(atomic_numbers), offsets, learn_offsets=True)
+    readout = ScalarReadout(num_scalars, hidden, len(atomic_numbers), offsets, learn_offsets=True,
+                            output_bias=False)  # a uniform shift is removed by the total-charge constraint
     return ChargeHead(readout, coulomb)

@@ -8,7 +8,7 @@ Coulomb potentials, mixed over M Gaussian widths s_m with learned weights a_mc,
 
 are the message: in k-space a structure factor filtered by the learned radial function
 f_c(k) = sum_m a_mc 4 pi exp(-k^2 s_m^2 / 2) / k^2 (up to the self term), summed back at
-the atoms. A linear map U_l (zero at initialisation, so training starts from the plain
+the atoms. A linear map U_l (small at initialisation, so training starts close to the plain
 backbone) adds it to the layer's invariant features, which the next interaction and the
 readouts then see.
 
@@ -55,8 +55,8 @@ class EwaldMessageBlock(torch.nn.Module):
         self.smearings = [float(s) for s in smearings]
         self.filter = torch.nn.Parameter(torch.full((len(smearings), channels), 1.0 / len(smearings)))
         self.to_features = torch.nn.Linear(channels, num_scalars, bias=False)
-        with torch.no_grad():
-            self.to_features.weight.zero_()
+        with torch.no_grad():  # small: training starts close to the plain backbone, every weight has a gradient
+            self.to_features.weight.mul_(0.01)
 
     def forward(self, node_feats: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                 batch: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:

@@ -17,5 +17,6 @@ def build_latent_head(
     num_scalars: int, atomic_numbers: Sequence[int], coulomb: GraphCoulomb, hidden: int
 ) -> ChargeHead:
     """Latent-charge head."""
-    readout = ScalarReadout(num_scalars, hidden, len(atomic_numbers), None, learn_offsets=False)
+    readout = ScalarReadout(num_scalars, hidden, len(atomic_numbers), None, learn_offsets=False,
+                            output_bias=False)  # a uniform shift is removed by the total-charge constraint
     return ChargeHead(readout, coulomb)

@@ -12,7 +12,7 @@ cell.
 Readout (invariant): an MLP of [backbone scalars, V_c s, |E_c|^2 s^4, (P h_i) . E_c s^2],
 where h_i are the last interaction layer's l = 1 features and P a learned mixing of
 their channels (the equivariant path of the field). Its output is a per-atom energy
-(eV), zero at initialisation, added to the backbone's. The head returns the
+(eV), small at initialisation, added to the backbone's. The head returns the
 descriptors as ``node_features`` [N, 2C] (V s, |E|^2 s^4).
 """
 
@@ -25,6 +25,9 @@ from e3nn import o3
 
 from ..electrostatics.smeared import SmearedPotential, neutralise
 from .contract import graph_sum
+
+#: Scale of the readout's last layer at initialisation (small: the backbone dominates at first).
+INITIAL_OUTPUT_SCALE = 0.01
 
 
 def vector_feature_indices(irreps_per_layer: Sequence[str]) -> torch.Tensor:
@@ -50,16 +53,25 @@ class LODEHead(torch.nn.Module):
         self.smearing = float(smearing)
         self.learned_channels = channels > 0
         self.num_channels = channels if channels > 0 else num_elements
-        self.channel_map = torch.nn.Linear(num_scalars, max(channels, 1), bias=False)
+        # unused pieces are empty buffers, not parameters (nothing in the optimizer that cannot train)
+        channel_map = torch.randn(channels, num_scalars) / max(num_scalars, 1) ** 0.5
+        if channels > 0:
+            self.channel_map = torch.nn.Parameter(channel_map)
+        else:
+            self.register_buffer("channel_map", channel_map)
         self.register_buffer("vector_index", vector_index)
         vector_mul = int(vector_index.numel()) // 3
         self.num_projections = projections if vector_mul > 0 else 0
-        self.projection = torch.nn.Parameter(torch.randn(self.num_projections, vector_mul) / max(vector_mul, 1) ** 0.5)
+        projection = torch.randn(self.num_projections, vector_mul) / max(vector_mul, 1) ** 0.5
+        if self.num_projections > 0:
+            self.projection = torch.nn.Parameter(projection)
+        else:
+            self.register_buffer("projection", projection)
         in_features = num_scalars + 2 * self.num_channels + self.num_projections * self.num_channels
         width = hidden if hidden > 0 else 16
         self.mlp = torch.nn.Sequential(torch.nn.Linear(in_features, width), torch.nn.SiLU(), torch.nn.Linear(width, 1))
-        with torch.no_grad():  # start as the backbone alone
-            self.mlp[-1].weight.zero_()
+        with torch.no_grad():  # start close to the backbone alone (not at zero: every weight gets a gradient)
+            self.mlp[-1].weight.mul_(INITIAL_OUTPUT_SCALE)
             self.mlp[-1].bias.zero_()
 
     def extra_repr(self) -> str:
@@ -70,7 +82,7 @@ class LODEHead(torch.nn.Module):
         """Invariant nonlocal features [N, 2C + M C] (dimensionless: V s, |E|^2 s^4, (P h).E s^2)."""
         positions = inputs["positions"]
         if self.learned_channels:
-            weights = self.channel_map(inputs["node_scalars"])
+            weights = torch.nn.functional.linear(inputs["node_scalars"], self.channel_map)
         else:
             weights = inputs["node_attrs"].to(positions.dtype)
         sources = neutralise(weights, inputs["batch"], inputs["ptr"])
