@@ -18,6 +18,8 @@ ATOMIC_UNITS: dict[str, float] = {
     "electric-field": unit_to_internal("energy", "electronvolt", 1.0)
     / unit_to_internal("length", "angstrom", 1.0),  # V/Å -> Hartree/(e·Bohr)
     "charge": 1.0,  # e -> e
+    "polarizability": unit_to_internal("length", "angstrom", 1.0) ** 2
+    / unit_to_internal("energy", "electronvolt", 1.0),  # e·Å^2/V -> e^2·Bohr^2/Hartree
 }
 
 

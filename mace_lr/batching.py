@@ -16,8 +16,6 @@ from ase import Atoms
 from mace import data as mace_data
 from mace.tools import AtomicNumberTable, torch_geometric
 
-from .electrostatics.neighbors import half_neighbor_list
-
 #: Atoms closer than this (Å) are reported as overlapping.
 OVERLAP_DISTANCE = 0.1
 
@@ -40,16 +38,21 @@ def check_atoms(atoms: Atoms, z_table: AtomicNumberTable) -> None:
     pbc = atoms.get_pbc()
     if pbc.any() and abs(atoms.cell.volume) < 1e-9 and pbc.sum() == 3:
         raise StructureError("periodic structure without a cell; set atoms.cell or atoms.pbc = False")
-    if len(atoms) > 1:
-        pairs = half_neighbor_list(
-            torch.tensor(positions), torch.tensor(np.asarray(atoms.cell)), tuple(bool(p) for p in pbc),
-            OVERLAP_DISTANCE,
-        )
-        if pairs.i.numel() > 0:
-            i, j = int(pairs.i[0]), int(pairs.j[0])
-            raise StructureError(
-                f"atoms {i} and {j} are closer than {OVERLAP_DISTANCE} Å (overlapping); fix the geometry"
-            )
+
+
+def check_overlaps(item) -> None:
+    """StructureError if two atoms (or an atom and a periodic image) are closer than
+    :data:`OVERLAP_DISTANCE`, read off the graph MACE built (every pair within r_max)."""
+    sender, receiver = item.edge_index
+    if sender.numel() == 0:
+        return
+    vectors = item.positions[receiver] - item.positions[sender] + item.shifts
+    lengths = torch.linalg.norm(vectors, dim=-1)
+    closest = int(torch.argmin(lengths))
+    if float(lengths[closest]) < OVERLAP_DISTANCE:
+        i, j = int(sender[closest]), int(receiver[closest])
+        what = "an atom and its periodic image" if i == j else f"atoms {min(i, j)} and {max(i, j)}"
+        raise StructureError(f"{what} are closer than {OVERLAP_DISTANCE} Å (overlapping); fix the geometry")
 
 
 def atoms_to_batch(
@@ -75,6 +78,8 @@ def atoms_to_batch(
         if field is not None:
             field = np.asarray(field, dtype=float).reshape(3)
             config.properties["external_field"] = field
-        items.append(mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=head_names))
+        item = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=head_names)
+        check_overlaps(item)
+        items.append(item)
     loader = torch_geometric.dataloader.DataLoader(items, batch_size=len(items), shuffle=False, drop_last=False)
     return next(iter(loader)).to(device).to_dict()

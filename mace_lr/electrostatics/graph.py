@@ -18,8 +18,10 @@ already holds. :class:`GraphCoulomb` does this with fixed, model-level settings:
 * A charged periodic cell gets torch-pme's neutralising background (no warning can be
   raised from compiled code; :class:`~mace_lr.models.MACELR` validates inputs eagerly).
 
-Method per periodic graph: ``ewald`` below ``pme_threshold`` atoms, ``pme`` above
-(``method="auto"``), or forced. PME's mesh spacing for the fixed sigma is solved once,
+Method per periodic graph: ``ewald`` below ``pme_threshold`` atoms and below
+:data:`~.parameters.EWALD_MAX_WORK` (k-vectors x atoms: torch-pme's Ewald tables grow as
+their product, ~13 GB at 3,000 atoms with r_max 5 Å), ``pme`` above (``method="auto"``),
+or forced. PME's mesh spacing for the fixed sigma is solved once,
 at construction, from torch-pme's error bound on a water-like reference density
 (0.1 atoms/Å^3), calibrated as in :mod:`.parameters`.
 
@@ -35,11 +37,13 @@ import torch
 import torchpme
 
 from .parameters import (
+    EWALD_MAX_WORK,
     PME_BOUND_CALIBRATION,
     PME_INTERPOLATION_NODES,
     SAFETY_FACTOR,
     _gaussian_tail_argument,
     _pme_mesh_spacing,
+    ewald_work,
 )
 from .units import COULOMB_CONSTANT
 
@@ -101,6 +105,7 @@ class GraphCoulomb(torch.nn.Module):
         self.accuracy = float(accuracy)
         self.method = method
         self.pme_threshold = int(pme_threshold)
+        self.ewald_max_work = EWALD_MAX_WORK
         self.coulomb_constant = COULOMB_CONSTANT
         self.smearing = ewald_splitting_width(width, cutoff, accuracy)
         x = _gaussian_tail_argument(SAFETY_FACTOR * accuracy)
@@ -151,7 +156,8 @@ class GraphCoulomb(torch.nn.Module):
         n = positions.shape[0]
         empty_pairs = torch.zeros((0, 2), dtype=torch.long, device=positions.device)
         empty_distances = torch.zeros((0,), dtype=positions.dtype, device=positions.device)
-        use_pme = self.method == "pme" or (self.method == "auto" and n > self.pme_threshold)
+        use_pme = self.method == "pme" or (self.method == "auto" and (
+            n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n) > self.ewald_max_work))
         slab = bool((~periodic).any())
         periodic_arg = torch.jit.annotate(Optional[torch.Tensor], None)
         if slab:
