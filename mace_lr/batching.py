@@ -1,6 +1,8 @@
 """ASE Atoms -> MACE batch dictionaries (what the calculator, eval and i-PI driver feed models).
 
-Reads ``atoms.info["total_charge"]`` (e) and ``atoms.info["external_field"]`` (V/Å) and
+Reads ``atoms.info["total_charge"]`` (e), ``atoms.info["external_field"]`` (V/Å) and
+``atoms.info["displacement_field"]`` (e/Å^2, constant D; batch key ``displacement_field``
+[G, 3], zeros for structures without one) and
 rejects input that would give silent nonsense: NaN positions, atoms on top of each
 other, elements the model does not know, periodic structures without a cell.
 """
@@ -64,9 +66,11 @@ def atoms_to_batch(
     total_charges: Optional[Sequence[float]] = None,
     external_fields: Optional[Sequence[Sequence[float]]] = None,
     device: str = "cpu",
+    displacement_fields: Optional[Sequence[Optional[Sequence[float]]]] = None,
 ) -> dict:
     """One MACE batch dict for ``atoms_list`` in the current default dtype."""
     items = []
+    displacements = []
     head_names = list(heads) if heads is not None else [head]
     for index, atoms in enumerate(atoms_list):
         check_atoms(atoms, z_table)
@@ -78,8 +82,20 @@ def atoms_to_batch(
         if field is not None:
             field = np.asarray(field, dtype=float).reshape(3)
             config.properties["external_field"] = field
+        displacement = (displacement_fields[index] if displacement_fields is not None
+                        else atoms.info.get("displacement_field"))
+        if displacement is not None:
+            displacement = np.asarray(displacement, dtype=float).reshape(3)
+            if field is not None and np.any(field != 0.0):
+                raise StructureError("give either external_field (constant E) or displacement_field (constant D), "
+                                     "not both")
+        displacements.append(displacement)
         item = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=head_names)
         check_overlaps(item)
         items.append(item)
     loader = torch_geometric.dataloader.DataLoader(items, batch_size=len(items), shuffle=False, drop_last=False)
-    return next(iter(loader)).to(device).to_dict()
+    batch = next(iter(loader)).to(device).to_dict()
+    if any(d is not None for d in displacements):
+        values = np.stack([np.zeros(3) if d is None else d for d in displacements])
+        batch["displacement_field"] = torch.tensor(values, dtype=torch.get_default_dtype(), device=device)
+    return batch

@@ -105,21 +105,28 @@ class MACELRCalculator(Calculator):
     :param model_paths: path of a saved model (or a list: a committee, averaged).
     :param device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
     :param default_dtype: ``"float64"`` or ``"float32"`` (the model is cast to it).
-    :param external_field: uniform field (V/Å) used when ``atoms.info`` has none.
+    :param external_field: uniform field (V/Å, constant E) used when ``atoms.info`` has none.
+    :param displacement_field: displacement field D (e/Å^2, constant D, 3D-periodic cells)
+        used when ``atoms.info`` has none; exclusive with ``external_field``.
     :param total_charge: total charge (e) used when ``atoms.info`` has none.
+    :param acoustic_sum_rule: make the Born charges of each structure sum to Q 1 (the
+        excess spread evenly over the atoms; the model's own BEC obey it only approximately
+        when the dipole is learned).
 
     Properties: energy, free_energy, energies (per atom, eV), forces (eV/Å), stress
-    (eV/Å^3, 3D-periodic only), charges (e), dipole (e·Å), electrostatic_energy (eV)
-    and, only when asked for, bec: ``calc.get_property("bec", atoms)`` is an (N, 3, 3)
-    array with ``bec[i, a, b] = d mu_b / d r_{i,a}`` (e).
+    (eV/Å^3, 3D-periodic only), charges (e), dipole (e·Å), electrostatic_energy (eV),
+    field (the uniform field the model saw, V/Å: the internal field at constant D) and,
+    only when asked for, bec: ``calc.get_property("bec", atoms)`` is an (N, 3, 3) array
+    with ``bec[i, a, b] = d mu_b / d r_{i,a}`` (e), and polarizability (field-conditioned
+    models): a (3, 3) array ``alpha[a, b] = d mu_a / d F_b`` (e·Å^2/V).
     """
 
     implemented_properties = [
         "energy", "free_energy", "energies", "forces", "stress", "charges", "dipole",
-        "electrostatic_energy", "bec",
+        "electrostatic_energy", "field", "bec", "polarizability",
     ]
     #: computed only when requested (costly autograd passes)
-    on_request = ("bec",)
+    on_request = ("bec", "polarizability")
 
     def __init__(
         self,
@@ -128,6 +135,8 @@ class MACELRCalculator(Calculator):
         default_dtype: str = "float64",
         external_field: Sequence[float] | None = None,
         total_charge: float | None = None,
+        displacement_field: Sequence[float] | None = None,
+        acoustic_sum_rule: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -149,18 +158,32 @@ class MACELRCalculator(Calculator):
         self.z_table = AtomicNumberTable([int(z) for z in first.atomic_numbers])
         self.model_heads = list(getattr(first, "heads", ["Default"]))
         self.long_range = str(getattr(first, "long_range", "none"))
+        self.field_conditioned = bool(getattr(first, "field_conditioned", False))
         self.default_field = None if external_field is None else np.asarray(external_field, float).reshape(3)
+        self.default_displacement = (None if displacement_field is None
+                                     else np.asarray(displacement_field, float).reshape(3))
+        if self.default_field is not None and self.default_displacement is not None:
+            raise ValueError("give either external_field (constant E) or displacement_field (constant D), not both")
         self.default_total_charge = total_charge
+        self.acoustic_sum_rule = bool(acoustic_sum_rule)
+
+    @property
+    def has_dipole(self) -> bool:
+        """The model has a dipole: charges from a head, or -dE/dF of a field-conditioned model."""
+        return self.long_range != "none" or self.field_conditioned
 
     def _batch(self, atoms: Atoms) -> dict:
         from .batching import atoms_to_batch
 
         charge = atoms.info.get("total_charge", self.default_total_charge or 0.0)
         field = atoms.info.get("external_field", self.default_field)
-        if field is not None and np.any(np.asarray(field) != 0.0) and self.long_range == "none":
+        displacement = atoms.info.get("displacement_field", self.default_displacement)
+        if "external_field" in atoms.info and "displacement_field" not in atoms.info:
+            displacement = None  # the structure's own field wins over the calculator's default D
+        if (field is not None and np.any(np.asarray(field) != 0.0) or displacement is not None) and not self.has_dipole:
             raise ValueError(
-                "an external field needs a model with charges or dipoles; this model has no "
-                "long-range head (train with --long_range charges or latent)"
+                "an external or displacement field needs a model with charges or a field input; this model "
+                "has neither (train with --long_range charges, latent or qeq, or with --field_conditioned)"
             )
         previous = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
@@ -168,7 +191,7 @@ class MACELRCalculator(Calculator):
             return atoms_to_batch(
                 [atoms], self.z_table, self.r_max, head=self.model_heads[0], heads=self.model_heads,
                 total_charges=[charge], external_fields=None if field is None else [field],
-                device=self.device,
+                device=self.device, displacement_fields=None if displacement is None else [displacement],
             )
         finally:
             torch.set_default_dtype(previous)
@@ -177,16 +200,28 @@ class MACELRCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.all())
         want_bec = "bec" in properties
+        want_polarizability = "polarizability" in properties
+        if want_polarizability and not self.field_conditioned:
+            raise ValueError("polarizability needs a field-conditioned model (train with --field_conditioned): "
+                             "the charges of the other models do not respond to a field")
         collected: dict[str, list[np.ndarray]] = {}
         for model in self.models:
             batch = self._batch(self.atoms)
             kwargs = {"compute_stress": periodic}
             if want_bec:
-                if self.long_range == "none":
-                    raise ValueError("BEC needs a model with charges (a long-range head)")
+                if not self.has_dipole:
+                    raise ValueError("BEC needs a model with a dipole (a charge head or --field_conditioned)")
                 kwargs["compute_bec"] = True
+            if want_polarizability:
+                kwargs["compute_polarizability"] = True
             out = model(batch, **kwargs)
-            for key in ("energy", "node_energy", "forces", "stress", "charges", "dipole", "electrostatic_energy", "bec"):
+            if want_bec and self.acoustic_sum_rule:
+                from .field import impose_acoustic_sum_rule
+
+                out["bec"] = impose_acoustic_sum_rule(out["bec"], batch["total_charge"].view(-1), batch["batch"],
+                                                      batch["ptr"])
+            for key in ("energy", "node_energy", "forces", "stress", "charges", "dipole", "electrostatic_energy",
+                        "field", "bec", "polarizability"):
                 value = out.get(key)
                 if value is not None:
                     collected.setdefault(key, []).append(value.detach().cpu().numpy())
@@ -202,5 +237,9 @@ class MACELRCalculator(Calculator):
                 self.results[key] = mean[key] if key != "electrostatic_energy" else float(mean[key][0])
         if "dipole" in mean:
             self.results["dipole"] = mean["dipole"][0]
+        if "field" in mean:
+            self.results["field"] = mean["field"][0]
+        if "polarizability" in mean:
+            self.results["polarizability"] = mean["polarizability"][0]
         if len(self.models) > 1:
             self.results["energy_var"] = float(np.var([e[0] for e in collected["energy"]]))

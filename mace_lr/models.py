@@ -13,9 +13,14 @@ Forward pass:
 3. forces, virials and stress come from one autograd pass over the total energy with
    MACE's own ``get_outputs``, so they are exact for every head;
 4. the constant-E field term -mu . F (:mod:`mace_lr.field`) when ``external_field`` is
-   non-zero; dipole ``sum_i q_i r_i``; on request (``compute_bec``, or a batch that
-   carries reference ``bec``) Born charges ``d mu_b / d r_{i,a}``, differentiable in the
-   parameters when ``training``.
+   non-zero, or the constant-D term V/(2 eps0)|D - P|^2 when the batch carries
+   ``displacement_field`` (periodic cells); dipole ``sum_i q_i r_i``; on request
+   (``compute_bec``, or a batch that carries reference ``bec``) Born charges
+   ``d mu_b / d r_{i,a}``, differentiable in the parameters when ``training``;
+5. a field-conditioned model (:mod:`mace_lr.field_conditioning`) takes the field as an
+   input of the backbone; its dipole is ``-dE/dF`` (the field is a leaf of the graph),
+   its polarizability ``d mu_a / d F_b`` (``compute_polarizability``) and its Born
+   charges ``d mu_b / d r_{i,a}`` of that dipole.
 
 Without heads the backbone's outputs are returned as they are: bit-identical to plain
 ScaleShiftMACE. The model keeps MACE's attributes (``r_max``, ``atomic_numbers``,
@@ -24,7 +29,7 @@ ScaleShiftMACE. The model keeps MACE's attributes (``r_max``, ``atomic_numbers``
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from e3nn.util.jit import compile_mode
@@ -32,7 +37,8 @@ from mace.modules.models import ScaleShiftMACE
 from mace.modules.utils import get_edge_vectors_and_lengths, get_outputs, prepare_graph
 from mace.tools.scatter import scatter_sum
 
-from .field import field_node_energy
+from .field import constant_d_energy, field_node_energy, internal_field
+from .field_conditioning import FieldConditioning, build_field_conditioning
 from .heads import LongRangeConfig, build_heads
 from .heads.ewald_mp import EwaldMessagePassing, build_ewald_message_passing
 from .heads.contract import graph_sum, layer_irreps, scalar_feature_indices
@@ -43,12 +49,16 @@ class MACELR(torch.nn.Module):
     """ScaleShiftMACE + long-range heads. Units: eV, Å, e, V/Å."""
 
     def __init__(self, backbone: ScaleShiftMACE, heads: List[torch.nn.Module], config: LongRangeConfig,
-                 message_passing: Optional[EwaldMessagePassing] = None) -> None:
+                 message_passing: Optional[EwaldMessagePassing] = None,
+                 field_conditioning: Optional[FieldConditioning] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.long_range_heads = torch.nn.ModuleList(heads)
         # zero or one EwaldMessagePassing (a list, so TorchScript compiles both cases)
         self.message_passing = torch.nn.ModuleList([] if message_passing is None else [message_passing])
+        # zero or one FieldConditioning (the field as an input of the backbone)
+        self.field_conditioning = torch.nn.ModuleList([] if field_conditioning is None else [field_conditioning])
+        self.field_conditioned = field_conditioning is not None
         self.long_range = "+".join(config.heads) if config.heads else "none"
         self.long_range_config = {
             "charge_width": config.charge_width,
@@ -64,6 +74,8 @@ class MACELR(torch.nn.Module):
             "ewald_mp_layers": list(config.ewald_mp_layers),
             "ewald_mp_channels": config.ewald_mp_channels,
             "ewald_mp_smearings": list(config.ewald_mp_smearings),
+            "field_conditioned": config.field_conditioned,
+            "field_layers": list(config.field_layers),
         }
         # MACE's attributes, so mace's calculator / tools treat this like a MACE model
         self.register_buffer("atomic_numbers", backbone.atomic_numbers.clone())
@@ -91,10 +103,13 @@ class MACELR(torch.nn.Module):
         compute_atomic_stresses: bool = False,
         lammps_mliap: bool = False,
         compute_bec: bool = False,
+        compute_polarizability: bool = False,
     ) -> Dict[str, Optional[torch.Tensor]]:
         # a batch carrying reference Born charges (training with --bec_weight) asks for them
-        compute_bec = compute_bec or ("bec" in data and len(self.long_range_heads) > 0)
-        if len(self.long_range_heads) == 0 and len(self.message_passing) == 0 and not compute_bec:
+        compute_bec = compute_bec or ("bec" in data and (len(self.long_range_heads) > 0 or self.field_conditioned))
+        compute_polarizability = compute_polarizability and self.field_conditioned
+        if (len(self.long_range_heads) == 0 and len(self.message_passing) == 0 and not self.field_conditioned
+                and not compute_bec):
             return self.backbone(
                 data,
                 training=training,
@@ -114,8 +129,15 @@ class MACELR(torch.nn.Module):
             )
         data["positions"].requires_grad_(True)
         positions = data["positions"]  # unstrained: forces are taken with respect to these
+        num_graphs = int(data["ptr"].numel()) - 1
+        field_leaf = torch.zeros((num_graphs, 3), dtype=positions.dtype, device=positions.device)
+        if self.field_conditioned:  # the field is a leaf: dipole = -dE/dF (views of it pass gradients to it)
+            if "external_field" in data:
+                field_leaf = data["external_field"].view(-1, 3).to(positions.dtype).detach().clone()
+            field_leaf.requires_grad_(True)
+            data["external_field"] = field_leaf
         need_strain = compute_virials or compute_stress or compute_displacement
-        if len(self.message_passing) > 0:
+        if len(self.message_passing) > 0 or self.field_conditioned:
             out = self._backbone_with_messages(data, need_strain)
         else:
             out = self.backbone(
@@ -163,23 +185,29 @@ class MACELR(torch.nn.Module):
 
         charges = inputs["charges"]
         batch = data["batch"]
-        num_graphs = int(data["ptr"].numel()) - 1
         electrostatic_energy = graph_sum(0.5 * charges * inputs["potential"], batch, num_graphs)
-        # strained positions, so that the field term's stress is right too
+        # strained positions, so that the field terms' stress is right too
         dipole = graph_sum(charges.unsqueeze(-1) * inputs["positions"], batch, num_graphs) + dipole_response
-        node_field_energy = field_node_energy(charges, inputs["positions"], inputs["external_field"], batch)
+        field = inputs["external_field"]
+        if "displacement_field" in data:
+            node_field_energy, field = self._constant_d(data, dipole, strained_cell, inputs["pbc"], batch, field)
+        else:
+            node_field_energy = field_node_energy(charges, inputs["positions"], field, batch)
         field_energy = graph_sum(node_field_energy, batch, num_graphs)
         energy = energy + field_energy
         interaction_energy = interaction_energy + field_energy
         node_energy = node_energy + node_field_energy.to(node_energy.dtype)
 
+        need_graph = training or compute_bec or compute_polarizability
+        if self.field_conditioned:
+            dipole = self._field_derivative(energy, field_leaf, need_graph)
         forces, virials, stress, _, _ = get_outputs(
             energy=interaction_energy,
             positions=positions,
             displacement=displacement,
             vectors=None,
             cell=cell,
-            training=training or compute_bec,
+            training=need_graph,
             compute_force=compute_force,
             compute_virials=compute_virials,
             compute_stress=compute_stress,
@@ -187,6 +215,9 @@ class MACELR(torch.nn.Module):
         bec: Optional[torch.Tensor] = None
         if compute_bec:
             bec = self._born_charges(dipole, positions, training)
+        polarizability: Optional[torch.Tensor] = None
+        if compute_polarizability:
+            polarizability = self._polarizability(dipole, field_leaf, training)
         return {
             "energy": energy,
             "node_energy": node_energy,
@@ -200,12 +231,51 @@ class MACELR(torch.nn.Module):
             "dipole": dipole,
             "electrostatic_energy": electrostatic_energy,
             "field_energy": field_energy,
+            "field": field,
             "bec": bec,
+            "polarizability": polarizability,
         }
+
+    def _constant_d(self, data: Dict[str, torch.Tensor], dipole: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                    batch: torch.Tensor, field: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom shares of V/(2 eps0)|D - P|^2 (spread evenly) and the internal field (V/Å)."""
+        if self.field_conditioned:
+            raise RuntimeError("constant D is not available for field-conditioned models (their dipole is -dE/dF "
+                               "at a given field, which constant D would have to solve for self-consistently)")
+        if bool((field != 0.0).any()):
+            raise RuntimeError("give either external_field (constant E) or displacement_field (constant D), not both")
+        if not bool(pbc.all()):
+            raise RuntimeError("constant D needs 3D-periodic cells: D fixes the macroscopic field of a periodic "
+                               "crystal; for a finite system use constant E (external_field)")
+        displacement_field = data["displacement_field"].view(-1, 3).to(dipole.dtype)
+        energy = constant_d_energy(dipole, cell, displacement_field)
+        counts = (data["ptr"][1:] - data["ptr"][:-1]).to(energy.dtype)
+        return (energy / counts)[batch], internal_field(dipole, cell, displacement_field)
+
+    def _field_derivative(self, energy: torch.Tensor, field: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """-dE/dF [G, 3] (e·Å): the dipole of a field-conditioned model."""
+        grad_outputs: List[Optional[torch.Tensor]] = [torch.ones_like(energy)]
+        gradient = torch.autograd.grad([energy], [field], grad_outputs=grad_outputs, retain_graph=True,
+                                       create_graph=create_graph, allow_unused=True)[0]
+        if gradient is None:
+            gradient = torch.zeros_like(field)
+        return -gradient
+
+    def _polarizability(self, dipole: torch.Tensor, field: torch.Tensor, training: bool) -> torch.Tensor:
+        """alpha[g, a, b] = d mu_a / d F_b (e·Å^2/V), by autograd (3 backward passes)."""
+        rows: List[torch.Tensor] = []
+        for a in range(3):
+            grad_outputs: List[Optional[torch.Tensor]] = [torch.ones_like(dipole[:, a])]
+            gradient = torch.autograd.grad([dipole[:, a]], [field], grad_outputs=grad_outputs, retain_graph=True,
+                                           create_graph=training, allow_unused=True)[0]
+            if gradient is None:
+                gradient = torch.zeros_like(field)
+            rows.append(gradient)
+        return torch.stack(rows, dim=1)
 
     def _backbone_with_messages(self, data: Dict[str, torch.Tensor], need_strain: bool) -> Dict[str, Optional[torch.Tensor]]:
         """ScaleShiftMACE's forward (energies and features, no derivatives) with the ewald_mp
-        messages added to the node features after the chosen interaction layers."""
+        messages and the field input added to the node features after the chosen layers."""
         ctx = prepare_graph(data, compute_displacement=need_strain)
         num_graphs = ctx.num_graphs
         node_heads = ctx.node_heads.to(torch.int64)
@@ -232,6 +302,8 @@ class MACELR(torch.nn.Module):
             node_feats = product(node_feats=node_feats, sc=sc, node_attrs=data["node_attrs"])
             for block in self.message_passing:
                 node_feats = block.apply(i, node_feats, positions, cell, pbc, data["batch"], data["ptr"])
+            for conditioning in self.field_conditioning:
+                node_feats = conditioning.apply(i, node_feats, data["external_field"].view(-1, 3), data["batch"])
             node_feats_list.append(node_feats)
         for i, readout in enumerate(self.backbone.readouts):
             feat_idx = -1 if len(self.backbone.readouts) == 1 else i
@@ -322,7 +394,10 @@ def build_macelr(
         message_passing = build_ewald_message_passing(
             backbone, irreps, config.ewald_mp_layers, config.ewald_mp_channels, config.ewald_mp_smearings,
             config.accuracy)
-    model = MACELR(backbone, heads, config, message_passing)
+    field_conditioning = None
+    if config.field_conditioned:
+        field_conditioning = build_field_conditioning(irreps, config.field_layers)
+    model = MACELR(backbone, heads, config, message_passing, field_conditioning)
     dtype = next(backbone.parameters()).dtype
     return model.to(dtype)
 

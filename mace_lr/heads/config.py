@@ -37,6 +37,10 @@ class LongRangeConfig:
     ewald_mp_channels: channels of the reciprocal-space messages.
     ewald_mp_smearings: Gaussian widths (Å) whose smoothed Coulomb kernels, mixed with
         learned weights, form the message filter (k-space: sum_m a_m 4 pi exp(-k^2 s_m^2/2) / k^2).
+    field_conditioned: the external field enters the backbone as an l=1 input
+        (:mod:`mace_lr.field_conditioning`); dipole, polarizability and Born charges are
+        then derivatives of the energy with respect to the field.
+    field_layers: interaction layers after which the field enters (``()`` = all).
     """
 
     heads: tuple[str, ...] = ()
@@ -53,6 +57,8 @@ class LongRangeConfig:
     ewald_mp_layers: tuple[int, ...] = (0,)
     ewald_mp_channels: int = 16
     ewald_mp_smearings: tuple[float, ...] = (1.0, 2.0, 4.0)
+    field_conditioned: bool = False
+    field_layers: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +83,15 @@ class LongRangeConfig:
             raise ValueError(f"ewald_mp_layers must list layer indices >= 0, got {self.ewald_mp_layers}")
         if self.ewald_mp_channels < 1 or not self.ewald_mp_smearings or min(self.ewald_mp_smearings) <= 0.0:
             raise ValueError("ewald_mp needs >= 1 channel and smearings > 0 Å")
+        if any(layer < 0 for layer in self.field_layers):
+            raise ValueError(f"field_layers must be layer indices >= 0, got {self.field_layers}")
+        if self.field_layers and not self.field_conditioned:
+            raise ValueError("field_layers is set but field_conditioned is False")
+
+    @property
+    def active(self) -> bool:
+        """Anything to wrap around the backbone (a head or the field input)."""
+        return bool(self.heads) or self.field_conditioned
 
 
 def check_combination(heads: tuple[str, ...]) -> None:

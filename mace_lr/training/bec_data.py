@@ -4,7 +4,8 @@ MACE 0.3.16 reads any per-atom array named in its ``KeySpecification`` into
 ``Configuration.properties``, but its ``AtomicData`` has a fixed set of fields and drops
 the rest. Two patches (applied by :mod:`mace_lr.training.patches`) carry BEC through:
 
-* :func:`key_specification_with_bec`: MACE's key specification plus ``bec -> --bec_key``;
+* :func:`key_specification_with_bec`: MACE's key specification plus ``bec -> --bec_key``
+  (and ``external_field -> --external_field_key`` whenever a long-range model trains);
 * :func:`atomic_data_with_bec`: MACE's ``AtomicData.from_config`` plus two fields,
   ``bec`` [N, 3, 3] (e, ``bec[i, a, b] = d mu_b / d r_{i,a}``; zeros when the
   configuration has none) and ``bec_weight`` [1] (0 when it has none, else MACE's
@@ -17,7 +18,7 @@ compute Born charges (with a graph for the loss when training).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -26,10 +27,23 @@ import torch
 BEC_PROPERTY = "bec"
 
 
-def key_specification_with_bec(keyspec: Any, keydict: Any, *, original: Callable, bec_key: str) -> Any:
-    """MACE's ``update_keyspec_from_kwargs`` followed by ``arrays_keys['bec'] = bec_key``."""
+#: Name of the field property in MACE's ``Configuration.properties`` (read by its ``AtomicData``).
+FIELD_PROPERTY = "external_field"
+
+
+def key_specification_with_bec(keyspec: Any, keydict: Any, *, original: Callable, bec_key: Optional[str],
+                               field_key: Optional[str] = None) -> Any:
+    """MACE's ``update_keyspec_from_kwargs`` plus ``arrays_keys['bec'] = bec_key`` and
+    ``info_keys['external_field'] = field_key`` (each only when given).
+
+    MACE 0.3.16's ``AtomicData`` reads ``external_field`` (zeros when a configuration has
+    none) but its command line has no key for it, so without this every training field is 0.
+    """
     result = original(keyspec, keydict)
-    result.update(arrays_keys={BEC_PROPERTY: bec_key})
+    if bec_key is not None:
+        result.update(arrays_keys={BEC_PROPERTY: bec_key})
+    if field_key is not None:
+        result.update(info_keys={FIELD_PROPERTY: field_key})
     return result
 
 

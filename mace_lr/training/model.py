@@ -49,6 +49,9 @@ def wrap_backbone(
     if charges is not None:
         logging.info("Mean reference charge per element (e): %s", {z: round(q, 4) for z, q in charges.items()})
     model = build_macelr(backbone, settings.long_range, element_charges=charges)
-    logging.info("Long-range heads: %s (%d parameters)", "+".join(settings.long_range.heads),
+    logging.info("Long-range heads: %s (%d parameters)", "+".join(settings.long_range.heads) or "none",
                  sum(p.numel() for p in model.long_range_heads.parameters()))
+    if model.field_conditioned:
+        logging.info("Field input after interaction layers %s (%d parameters)", model.field_conditioning[0].layers,
+                     sum(p.numel() for p in model.field_conditioning.parameters()))
     return model

@@ -6,7 +6,7 @@ which is how MACE's own LES heads ended up never trained. Here:
 
 * the backbone (``model.backbone``) gets MACE's own groups, so ``--freeze``,
   ``--lr_params_factors`` and weight decay behave as in MACE;
-* the long-range heads (and the ``ewald_mp`` blocks) get two groups: weight matrices (ndim >= 2) with ``--weight_decay``,
+* the long-range heads (and the ``ewald_mp`` and field-input blocks) get two groups: weight matrices (ndim >= 2) with ``--weight_decay``,
   and biases, per-element offsets and physical scalars (widths, hardness, ...) without it,
   since decaying those would pull the charges towards zero rather than regularise;
   ``lr_params_factors["long_range_lr_factor"]`` scales their learning rate;
@@ -69,7 +69,8 @@ def param_options(
     backbone = model.backbone if heads is not None else model
     options = _materialise(mace_param_options(args, backbone))
     if heads is not None:  # heads and the ewald_mp blocks inside the backbone
-        long_range = torch.nn.ModuleList([heads, getattr(model, "message_passing", torch.nn.ModuleList())])
+        long_range = torch.nn.ModuleList([heads, getattr(model, "message_passing", torch.nn.ModuleList()),
+                                          getattr(model, "field_conditioning", torch.nn.ModuleList())])
         options["params"].extend(head_groups(args, long_range))
     assigned = _assigned(options)
     leftover = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in assigned]

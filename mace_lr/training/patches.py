@@ -18,7 +18,7 @@ name                                  why
 ``tools.train.MACELoss``              charge errors in the validation metrics
 ``tools.train.valid_err_log``         charge and dipole errors in the validation log
 ``tools.tables_utils.evaluate``       hand each data set's metrics to the table columns
-``run_train.update_keyspec_from_kwargs``  read ``--bec_key`` (only with ``--bec_weight``)
+``run_train.update_keyspec_from_kwargs``  read ``--external_field_key`` and ``--bec_key`` (with ``--bec_weight``)
 ``data.AtomicData.from_config``       keep reference BEC in the data (only with ``--bec_weight``)
 ====================================  ======================================================
 
@@ -217,14 +217,17 @@ def _replacements(settings: LongRangeTraining, originals: Dict[Tuple[str, str], 
         return originals[(module, name)]
 
     recorder = _MetricsRecorder(orig(TABLES, "evaluate"))
-    bec_patches = {
+    key_patches = {
         (RUN_TRAIN, "update_keyspec_from_kwargs"): functools.partial(
             lr_bec.key_specification_with_bec, original=orig(RUN_TRAIN, "update_keyspec_from_kwargs"),
-            bec_key=settings.bec_key),
+            bec_key=settings.bec_key if settings.trains_bec else None, field_key=settings.field_key),
+    } if settings.active else {}
+    bec_patches = {
         (ATOMIC_DATA, "AtomicData.from_config"): functools.partial(
             _from_config, original=orig(ATOMIC_DATA, "AtomicData.from_config")),
     } if settings.trains_bec else {}
     return {
+        **key_patches,
         **bec_patches,
         (RUN_TRAIN, "configure_model"): functools.partial(
             _configure_model, original=orig(RUN_TRAIN, "configure_model"), settings=settings),

@@ -14,6 +14,9 @@ from mace import tools
 
 from ..electrostatics.graph import GRAPH_METHODS
 from ..data.io import BEC_KEY
+
+#: extxyz info key of the per-structure field (what ``mace_lr_generate field`` writes).
+FIELD_KEY = "external_field"
 from ..heads import LongRangeConfig, parse_long_range
 from ..heads.config import CHARGE_HEADS
 
@@ -121,6 +124,16 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     group.add_argument("--ewald_mp_smearings", type=_float_list, default=[1.0, 2.0, 4.0],
                        help="widths (Å) of the smoothed Coulomb kernels that form the ewald_mp filter")
     group.add_argument(
+        "--field_conditioned", action="store_true",
+        help="the external field (--external_field_key, V/Å) enters the backbone as an l=1 input; the dipole is "
+        "then -dE/dF (fitted with --dipole_weight), the polarizability -d2E/dF2 and Born charges d mu/d r. "
+        "Works with or without charge heads (--long_range none is allowed)",
+    )
+    group.add_argument("--field_layers", type=_int_list, default=None,
+                       help="interaction layers (0-based, comma-separated) after which the field enters; default all")
+    group.add_argument("--external_field_key", type=str, default=FIELD_KEY,
+                       help=f"extxyz info key of the uniform field per structure (V/Å, 3 numbers); default {FIELD_KEY}")
+    group.add_argument(
         "--charges_weight", type=_non_negative, default=None,
         help=f"weight of the per-atom charge MSE (e^-2); default {DEFAULT_CHARGES_WEIGHT} with the "
         "'charges' head, 0 otherwise. Configs without reference charges never contribute",
@@ -161,6 +174,7 @@ class LongRangeTraining:
     bec_weight: float = 0.0
     swa_bec_weight: float = 0.0
     bec_key: str = BEC_KEY
+    field_key: str = FIELD_KEY
 
     @property
     def trains_bec(self) -> bool:
@@ -169,7 +183,8 @@ class LongRangeTraining:
 
     @property
     def active(self) -> bool:
-        return bool(self.long_range.heads)
+        """A MACELR is trained (heads or the field input), not a plain MACE."""
+        return self.long_range.active
 
 
 def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
@@ -177,17 +192,22 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
     heads = parse_long_range(args.long_range)
     swa_bec_weight = args.bec_weight if args.swa_bec_weight is None else args.swa_bec_weight
     has_charges = any(name in CHARGE_HEADS for name in heads)
-    if (args.bec_weight > 0.0 or swa_bec_weight > 0.0) and not has_charges:
-        raise ValueError("--bec_weight needs a head that carries charges (--long_range charges, latent, qeq); "
-                         "without charges the model has no dipole to differentiate")
+    field_conditioned = bool(getattr(args, "field_conditioned", False))
+    field_layers = getattr(args, "field_layers", None)
+    if field_layers is not None and not field_conditioned:
+        raise ValueError("--field_layers needs --field_conditioned")
+    if (args.bec_weight > 0.0 or swa_bec_weight > 0.0) and not (has_charges or field_conditioned):
+        raise ValueError("--bec_weight needs a head that carries charges (--long_range charges, latent, qeq) or "
+                         "--field_conditioned; without either the model has no dipole to differentiate")
     if args.distributed and args.launcher == "none":
         raise ValueError("--distributed needs --launcher torchrun, slurm or mpi (MACE starts no process group with 'none')")
     charges_weight = args.charges_weight
     if charges_weight is None:
         charges_weight = DEFAULT_CHARGES_WEIGHT if "charges" in heads else 0.0
-    if heads:
+    if heads or field_conditioned:
         if args.model not in WRAPPABLE_MODELS:
-            raise ValueError(f"--long_range {args.long_range} needs --model MACE or ScaleShiftMACE, got {args.model}")
+            what = f"--long_range {args.long_range}" if heads else "--field_conditioned"
+            raise ValueError(f"{what} needs --model MACE or ScaleShiftMACE, got {args.model}")
         if getattr(args, "enable_cueq", False) or getattr(args, "enable_oeq", False) or getattr(args, "only_cueq", False):
             raise ValueError("--long_range does not support --enable_cueq/--enable_oeq/--only_cueq yet")
         if args.loss in ("dipole", "dipole_polar", "energy_forces_dipole"):
@@ -212,6 +232,8 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
         ewald_mp_layers=tuple(args.ewald_mp_layers),
         ewald_mp_channels=args.ewald_mp_channels,
         ewald_mp_smearings=tuple(args.ewald_mp_smearings),
+        field_conditioned=field_conditioned,
+        field_layers=tuple(field_layers or ()),
     )
     return LongRangeTraining(
         long_range=config,
@@ -221,4 +243,5 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
         bec_weight=float(args.bec_weight),
         swa_bec_weight=float(swa_bec_weight),
         bec_key=args.bec_key,
+        field_key=getattr(args, "external_field_key", FIELD_KEY),
     )

@@ -1,0 +1,256 @@
+"""Finite fields (issue 7): field-conditioned models, constant D, polarization quanta, sum rule.
+
+Tolerances (float64): central finite differences with step h have an error ~h^2 f'''
+(h = 1e-4 V/Å or 1e-5 Å here: ~1e-8 relative), so derivatives are compared to 1e-6
+absolute on quantities of order 0.1-1; identities that hold exactly (mixed second
+derivatives, rotations) to 1e-9.
+"""
+
+from __future__ import annotations
+
+import mace  # noqa: F401  (before e3nn)
+import numpy as np
+import pytest
+import torch
+from e3nn.util import jit
+from mace.tools import AtomicNumberTable
+from scipy.spatial.transform import Rotation
+
+from mace_lr.batching import StructureError, atoms_to_batch
+from mace_lr.field import (
+    INVERSE_EPSILON0,
+    dipole_difference_modulo_quantum,
+    displacement_for_field,
+    impose_acoustic_sum_rule,
+)
+from mace_lr.heads import LongRangeConfig
+from mace_lr.models import build_macelr
+from model_helpers import amplify_charge_readouts, nacl_crystal, tiny_backbone, water_cluster
+
+Z_TABLE = AtomicNumberTable([1, 8, 11, 17])
+FIELD = np.array([0.05, -0.02, 0.03])  # V/Å
+
+
+def field_model(heads=("charges",), scale: float = 1.0, **config):
+    """A tiny field-conditioned MACELR whose field term is switched fully on (scale 1, not 0.01)."""
+    model = build_macelr(tiny_backbone(), LongRangeConfig(heads=tuple(heads), field_conditioned=True, **config),
+                         {11: 0.8, 17: -0.8, 8: -0.6, 1: 0.3})
+    if heads:
+        amplify_charge_readouts(model)
+    with torch.no_grad():
+        for block in model.field_conditioning[0].blocks:
+            block.scale.fill_(scale)
+    return model
+
+
+def evaluate(model, atoms, field=None, **kwargs):
+    atoms = atoms.copy()
+    if field is not None:
+        atoms.info["external_field"] = np.asarray(field, dtype=float)
+    batch = atoms_to_batch([atoms], Z_TABLE, float(model.r_max))
+    return model(batch, **kwargs)
+
+
+def numpy_out(out, *keys):
+    return [out[k].detach().numpy() for k in keys]
+
+
+@pytest.mark.parametrize("heads", [(), ("charges",)])
+def test_dipole_polarizability_and_born_charges_are_field_derivatives(heads):
+    model = field_model(heads)
+    atoms = water_cluster()
+    energy, dipole, alpha, bec, forces = numpy_out(
+        evaluate(model, atoms, FIELD, compute_bec=True, compute_polarizability=True),
+        "energy", "dipole", "polarizability", "bec", "forces")
+    h = 1e-4
+    plus = [evaluate(model, atoms, FIELD + h * e) for e in np.eye(3)]
+    minus = [evaluate(model, atoms, FIELD - h * e) for e in np.eye(3)]
+    fd_dipole = [-(float(p["energy"]) - float(m["energy"])) / (2 * h) for p, m in zip(plus, minus)]
+    np.testing.assert_allclose(dipole[0], fd_dipole, atol=1e-6)
+    fd_alpha = np.stack([(p["dipole"][0] - m["dipole"][0]).detach().numpy() / (2 * h) for p, m in zip(plus, minus)],
+                        axis=-1)  # [a, b] = d mu_a / d F_b
+    np.testing.assert_allclose(alpha[0], fd_alpha, atol=1e-6)
+    np.testing.assert_allclose(alpha[0], alpha[0].T, atol=1e-9)  # -d2E/dF_a dF_b is symmetric
+    assert np.abs(alpha).max() > 1e-2  # the field really changes the dipole
+    # Z*_{i,ab} = d mu_b / d r_{i,a} = d f_{i,a} / d F_b (mixed second derivatives of -E)
+    fd_force_response = np.stack([(p["forces"] - m["forces"]).detach().numpy() / (2 * h) for p, m in zip(plus, minus)],
+                                 axis=-1)
+    np.testing.assert_allclose(bec, fd_force_response, atol=1e-6)
+    step = 1e-5
+    for i, a in [(0, 0), (4, 2), (6, 1)]:
+        shifted = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[i, a] += sign * step
+            shifted.append(evaluate(model, moved, FIELD)["dipole"][0].detach().numpy())
+        np.testing.assert_allclose(bec[i, a], (shifted[0] - shifted[1]) / (2 * step), atol=1e-6)
+
+
+def test_field_free_energy_is_the_unconditioned_models():
+    model = field_model(("charges",))
+    atoms = water_cluster()
+    conditioned = evaluate(model, atoms, np.zeros(3))
+    model.field_conditioning = torch.nn.ModuleList()
+    model.field_conditioned = False
+    plain = evaluate(model, atoms, np.zeros(3))
+    assert float(conditioned["energy"]) == pytest.approx(float(plain["energy"]), abs=1e-12)
+    np.testing.assert_allclose(conditioned["forces"].detach(), plain["forces"].detach(), atol=1e-12)
+    # and -dE/dF at F = 0 is sum q r plus the field input's own zero-field response
+    assert not np.allclose(conditioned["dipole"].detach(), plain["dipole"].detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_rotation_dipole_vector_bec_and_polarizability_tensors(periodic):
+    model = field_model(("latent",))
+    atoms = nacl_crystal() if periodic else water_cluster()
+    rotation = Rotation.from_euler("zyx", [0.4, -1.1, 2.3]).as_matrix()
+    reference = evaluate(model, atoms, FIELD, compute_bec=True, compute_polarizability=True, compute_stress=periodic)
+    rotated_atoms = atoms.copy()
+    rotated_atoms.positions = atoms.positions @ rotation.T
+    if periodic:
+        rotated_atoms.cell = atoms.cell.array @ rotation.T
+    rotated = evaluate(model, rotated_atoms, rotation @ FIELD, compute_bec=True, compute_polarizability=True,
+                       compute_stress=periodic)
+    e0, mu0, z0, a0, f0 = numpy_out(reference, "energy", "dipole", "bec", "polarizability", "forces")
+    e1, mu1, z1, a1, f1 = numpy_out(rotated, "energy", "dipole", "bec", "polarizability", "forces")
+    assert e1[0] == pytest.approx(e0[0], abs=1e-9)
+    np.testing.assert_allclose(f1, f0 @ rotation.T, atol=1e-9)
+    np.testing.assert_allclose(mu1[0], rotation @ mu0[0], atol=1e-9)
+    np.testing.assert_allclose(z1, np.einsum("ab,ibc,dc->iad", rotation, z0, rotation), atol=1e-9)
+    np.testing.assert_allclose(a1[0], rotation @ a0[0] @ rotation.T, atol=1e-9)
+    if periodic:
+        s0, s1 = reference["stress"][0].detach().numpy(), rotated["stress"][0].detach().numpy()
+        np.testing.assert_allclose(s1, rotation @ s0 @ rotation.T, atol=1e-9)
+
+
+def test_periodic_field_conditioned_stress_is_the_strain_derivative():
+    model = field_model(("charges",))
+    atoms = nacl_crystal()
+    out = evaluate(model, atoms, FIELD, compute_stress=True)
+    stress = out["stress"][0].detach().numpy()
+    volume = atoms.get_volume()
+    h = 1e-6
+    for a, b in [(0, 0), (1, 2), (2, 0)]:
+        energies = []
+        for sign in (1, -1):
+            strain = np.eye(3)
+            strain[a, b] += sign * h / 2
+            strain[b, a] += sign * h / 2
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+            energies.append(float(evaluate(model, strained, FIELD)["energy"]))
+        assert stress[a, b] == pytest.approx((energies[0] - energies[1]) / (2 * h) / volume, abs=1e-8)
+
+
+def test_torchscript_equals_eager_for_field_outputs():
+    model = field_model(("charges",))
+    scripted = jit.compile(model)
+    atoms = water_cluster()
+    eager = evaluate(model, atoms, FIELD, compute_bec=True, compute_polarizability=True)
+    compiled = evaluate(scripted, atoms, FIELD, compute_bec=True, compute_polarizability=True)
+    for name in ("energy", "dipole", "polarizability", "bec", "forces"):
+        np.testing.assert_allclose(compiled[name].detach(), eager[name].detach(), atol=1e-12, err_msg=name)
+
+
+# ------------------------------------------------------------------ constant D
+
+
+def charges_model():
+    model = build_macelr(tiny_backbone(), LongRangeConfig(heads=("charges",)), {11: 0.8, 17: -0.8, 8: -0.6, 1: 0.3})
+    amplify_charge_readouts(model)
+    return model
+
+
+def test_constant_d_forces_are_constant_e_forces_at_the_internal_field():
+    """-dU_D/dr = -dU/dr + Z*^T E_int: the constant-E force at F = E_int (same configuration)."""
+    model = charges_model()
+    atoms = nacl_crystal()
+    zero = evaluate(model, atoms, np.zeros(3))
+    cell = torch.tensor(atoms.cell.array).unsqueeze(0)
+    displacement = displacement_for_field(zero["dipole"].detach(), cell, torch.tensor([FIELD])).numpy()[0]
+    constant_d = atoms.copy()
+    constant_d.info["displacement_field"] = displacement
+    out_d = model(atoms_to_batch([constant_d], Z_TABLE, 4.0), compute_stress=True)
+    out_e = evaluate(model, atoms, FIELD, compute_stress=True)
+    np.testing.assert_allclose(out_d["field"][0].detach(), FIELD, atol=1e-12)
+    np.testing.assert_allclose(out_d["forces"].detach(), out_e["forces"].detach(), atol=1e-10)
+    # energy: U + V/(2 eps0)|D - P|^2 = U + V eps0 |E|^2 / 2 here
+    expected = float(zero["energy"]) + 0.5 * atoms.get_volume() * (FIELD @ FIELD) / INVERSE_EPSILON0
+    assert float(out_d["energy"]) == pytest.approx(expected, abs=1e-10)
+
+
+def test_constant_d_forces_and_stress_are_derivatives():
+    model = charges_model()
+    atoms = nacl_crystal()
+    atoms.info["displacement_field"] = np.array([0.002, -0.001, 0.0015])  # e/Å^2
+    out = model(atoms_to_batch([atoms], Z_TABLE, 4.0), compute_stress=True)
+    forces, stress = out["forces"].detach().numpy(), out["stress"][0].detach().numpy()
+    h = 1e-5
+    for i, a in [(0, 0), (5, 1), (11, 2)]:
+        energies = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[i, a] += sign * h
+            energies.append(float(model(atoms_to_batch([moved], Z_TABLE, 4.0))["energy"]))
+        assert forces[i, a] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=1e-6)
+    volume = atoms.get_volume()
+    for a, b in [(0, 0), (0, 1)]:
+        energies = []
+        for sign in (1, -1):
+            strain = np.eye(3)
+            strain[a, b] += sign * h / 2
+            strain[b, a] += sign * h / 2
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+            energies.append(float(model(atoms_to_batch([strained], Z_TABLE, 4.0))["energy"]))
+        assert stress[a, b] == pytest.approx((energies[0] - energies[1]) / (2 * h) / volume, abs=1e-7)
+
+
+def test_constant_d_refuses_finite_systems_and_both_fields():
+    model = charges_model()
+    cluster = water_cluster()
+    cluster.info["displacement_field"] = np.array([0.001, 0.0, 0.0])
+    with pytest.raises(RuntimeError, match="3D-periodic"):
+        model(atoms_to_batch([cluster], Z_TABLE, 4.0))
+    crystal = nacl_crystal()
+    crystal.info["displacement_field"] = np.array([0.001, 0.0, 0.0])
+    crystal.info["external_field"] = FIELD
+    with pytest.raises(StructureError, match="not both"):
+        atoms_to_batch([crystal], Z_TABLE, 4.0)
+    crystal.info.pop("external_field")
+    with pytest.raises(RuntimeError, match="field-conditioned"):
+        field_model()(atoms_to_batch([crystal], Z_TABLE, 4.0))
+
+
+# ------------------------------------------------------------------ quanta and sum rule
+
+
+def test_dipole_difference_is_reduced_modulo_polarization_quanta():
+    rng = np.random.default_rng(0)
+    cell = torch.tensor(np.diag([5.0, 6.0, 7.0]) + rng.uniform(-1, 1, (3, 3)))[None]
+    pbc = torch.tensor([[True, True, False]])
+    difference = torch.tensor([[0.3, -0.7, 0.2]])
+    reduced = dipole_difference_modulo_quantum(difference, cell, pbc)
+    for shift in ([1, 0, 0], [0, -2, 0], [3, 1, 0]):  # whole quanta e R_j along periodic directions
+        shifted = difference + torch.tensor([shift], dtype=torch.float64) @ cell[0]
+        np.testing.assert_allclose(dipole_difference_modulo_quantum(shifted, cell, pbc), reduced, atol=1e-12)
+    # along the open direction nothing is removed; small differences are unchanged
+    open_shift = difference + cell[0, 2]
+    assert not torch.allclose(dipole_difference_modulo_quantum(open_shift, cell, pbc), reduced)
+    small = torch.tensor([[0.01, 0.02, -0.03]])
+    np.testing.assert_allclose(dipole_difference_modulo_quantum(small, cell, pbc), small, atol=1e-14)
+    fractions = np.linalg.solve(cell[0].numpy().T, reduced[0].numpy())
+    assert np.all(np.abs(fractions[:2]) <= 0.5 + 1e-12)
+
+
+def test_acoustic_sum_rule():
+    rng = np.random.default_rng(1)
+    bec = torch.tensor(rng.normal(size=(7, 3, 3)))
+    ptr = torch.tensor([0, 3, 7])
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    charge = torch.tensor([0.0, 1.0])
+    fixed = impose_acoustic_sum_rule(bec, charge, batch, ptr)
+    np.testing.assert_allclose(fixed[:3].sum(0), np.zeros((3, 3)), atol=1e-12)
+    np.testing.assert_allclose(fixed[3:].sum(0), np.eye(3), atol=1e-12)
+    # a set that already obeys it is unchanged
+    np.testing.assert_allclose(impose_acoustic_sum_rule(fixed, charge, batch, ptr), fixed, atol=1e-12)
