@@ -101,7 +101,11 @@ def finite_difference_polarizability(calculator: Calculator, atoms: Atoms, step:
     """
     had_field = "external_field" in atoms.info
     saved = atoms.info.get("external_field")
-    base = np.zeros(3) if saved is None else np.asarray(saved, dtype=float).reshape(3)
+    if saved is None:  # the calculator's own default field (MACELRCalculator(external_field=...))
+        default = getattr(calculator, "default_field", None)
+        base = np.zeros(3) if default is None else np.asarray(default, dtype=float).reshape(3)
+    else:
+        base = np.asarray(saved, dtype=float).reshape(3)
     alpha = np.empty((3, 3))
     try:
         for b in range(3):

@@ -166,6 +166,8 @@ class MACELRCalculator(Calculator):
             raise ValueError("give either external_field (constant E) or displacement_field (constant D), not both")
         self.default_total_charge = total_charge
         self.acoustic_sum_rule = bool(acoustic_sum_rule)
+        if not self.field_conditioned:  # no field response: tools (the i-PI driver) see it is missing
+            self.implemented_properties = [p for p in type(self).implemented_properties if p != "polarizability"]
 
     @property
     def has_dipole(self) -> bool:

@@ -254,3 +254,119 @@ def test_acoustic_sum_rule():
     np.testing.assert_allclose(fixed[3:].sum(0), np.eye(3), atol=1e-12)
     # a set that already obeys it is unchanged
     np.testing.assert_allclose(impose_acoustic_sum_rule(fixed, charge, batch, ptr), fixed, atol=1e-12)
+
+
+# ------------------------------------------------------------------ calculator, i-PI extras, training
+
+
+def test_calculator_field_properties_and_ipi_polarizability(tmp_path):
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    from ipi_driver.extras import finite_difference_polarizability
+    from mace_lr.calculators import MACELRCalculator
+
+    model = field_model(("charges",))
+    torch.save(model, tmp_path / "field.model")
+    calc = MACELRCalculator(model_paths=str(tmp_path / "field.model"), external_field=FIELD, acoustic_sum_rule=True)
+    atoms = water_cluster()  # the field comes from the calculator's default
+    atoms.calc = calc
+    alpha = calc.get_property("polarizability", atoms)
+    expected = evaluate(model, atoms, FIELD, compute_polarizability=True)["polarizability"][0].detach().numpy()
+    np.testing.assert_allclose(alpha, expected, atol=1e-12)
+    np.testing.assert_allclose(atoms.calc.results["field"], FIELD, atol=1e-15)
+    # what the i-PI driver computes for calculators without the property: central differences, step 1e-3 V/Å
+    # (truncation error ~ h^2 alpha''/6 ~ 1e-6 relative for this strongly nonlinear random model)
+    np.testing.assert_allclose(finite_difference_polarizability(calc, atoms), alpha, rtol=1e-5, atol=1e-6)
+    bec = calc.get_property("bec", atoms)
+    np.testing.assert_allclose(bec.sum(axis=0), np.zeros((3, 3)), atol=1e-12)  # neutral: sum rule imposed
+
+    charges_only = charges_model()
+    torch.save(charges_only, tmp_path / "charges.model")
+    plain = MACELRCalculator(model_paths=str(tmp_path / "charges.model"))
+    assert "polarizability" not in plain.implemented_properties  # the driver falls back to differences
+    with pytest.raises(PropertyNotImplementedError):
+        plain.get_property("polarizability", water_cluster())
+    crystal = nacl_crystal()
+    crystal.calc = MACELRCalculator(model_paths=str(tmp_path / "charges.model"), displacement_field=[0.002, 0.0, 0.0])
+    crystal.get_potential_energy()
+    dipole = crystal.calc.results["dipole"]
+    internal = INVERSE_EPSILON0 * (np.array([0.002, 0.0, 0.0]) - dipole / crystal.get_volume())
+    np.testing.assert_allclose(crystal.calc.results["field"], internal, atol=1e-10)
+
+
+def test_field_conditioned_training_reads_fields_and_trains_every_parameter(tmp_path, monkeypatch):
+    """mace_lr_run_train --field_conditioned on xTB molecules in fields: fields reach the batches, every
+    parameter of the field input moves, and the compiled model gives the polarizability."""
+    import subprocess
+    import sys
+
+    import mace.cli.run_train
+    from mace.modules.loss import WeightedEnergyForcesLoss
+    from mace.tools.train import take_step
+
+    from mace_lr import data
+    from mace_lr.calculators import MACELRCalculator
+    from mace_lr.training import LongRangeLoss, build_parser
+    from mace_lr.training import model as lr_model
+    from mace_lr.training import run as run_training
+
+    dataset = tmp_path / "field.xyz"
+    subprocess.run([sys.executable, "-m", "mace_lr.cli.generate", "field", "-n=8", "--seed=5", "-q", f"-o={dataset}"],
+                   check=True, capture_output=True, timeout=180)
+    captured = {}
+    wrap = lr_model.wrap_backbone
+    get_optimizer = mace.cli.run_train.get_optimizer
+
+    def record_model(*args, **kwargs):
+        captured["model"] = wrap(*args, **kwargs)
+        return captured["model"]
+
+    def record_optimizer(args, param_options):
+        captured["optimizer"] = get_optimizer(args, param_options)
+        return captured["optimizer"]
+
+    monkeypatch.setattr(lr_model, "wrap_backbone", record_model)
+    monkeypatch.setattr(mace.cli.run_train, "get_optimizer", record_optimizer)
+    argv = [
+        "--name=field", f"--work_dir={tmp_path}", f"--train_file={dataset}", "--valid_fraction=0.25",
+        *[f"--{flag}={key}" for flag, key in data.MACE_TRAIN_KEYS.items()], "--E0s=average",
+        "--hidden_irreps=8x0e+8x1o", "--r_max=4.0", "--num_interactions=2", "--max_ell=2", "--correlation=2",
+        "--num_radial_basis=4", "--MLP_irreps=4x0e", "--radial_MLP=[8]", "--max_num_epochs=1", "--batch_size=4",
+        "--valid_batch_size=4", "--device=cpu", "--default_dtype=float64", "--plot=False", "--seed=1",
+        "--long_range=none", "--field_conditioned", "--dipole_weight=1.0",
+    ]
+    run_training(build_parser().parse_args(argv))
+    model, optimizer = captured["model"], captured["optimizer"]
+    assert type(model).__name__ == "MACELR" and model.field_conditioned
+    assert model.field_conditioning[0].layers == [0, 1]
+
+    frames = data.read_dataset(dataset)
+    keys = data.mace_key_specification()
+    from mace_lr.training import bec_data as lr_bec
+    from mace import data as mace_data
+    from mace.tools import torch_geometric
+
+    keys = lr_bec.key_specification_with_bec(keys, {}, original=lambda spec, _: spec, bec_key=None,
+                                             field_key="external_field")
+    z_table = AtomicNumberTable([int(z) for z in model.atomic_numbers])
+    items = [mace_data.AtomicData.from_config(mace_data.config_from_atoms(a, key_specification=keys), z_table=z_table,
+                                              cutoff=4.0, heads=["Default"]) for a in frames[:4]]
+    batch = next(iter(torch_geometric.dataloader.DataLoader(items, batch_size=4)))
+    np.testing.assert_allclose(batch.external_field.numpy(), [a.info["external_field"] for a in frames[:4]])
+    for parameter in model.parameters():  # MACE freezes the model after training, before saving it
+        parameter.requires_grad_(True)
+    trainable = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    loss_fn = LongRangeLoss(WeightedEnergyForcesLoss(1.0, 100.0), charges_weight=0.0, dipole_weight=1.0)
+    take_step(model, loss_fn, batch, optimizer, None, {"forces": True, "virials": False, "stress": False},
+              max_grad_norm=10.0, device=torch.device("cpu"))
+    unchanged = [n for n, p in trainable.items() if torch.equal(p.detach(), before[n])]
+    assert unchanged == [] and any(n.startswith("field_conditioning.") for n in trainable)
+
+    compiled = tmp_path / "field_compiled.model"
+    assert compiled.exists()
+    calc = MACELRCalculator(model_paths=str(compiled))
+    atoms = frames[0].copy()
+    atoms.calc = calc
+    assert calc.get_property("polarizability", atoms).shape == (3, 3)
+    assert np.abs(calc.get_property("dipole", atoms)).max() > 0.0
