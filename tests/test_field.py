@@ -370,3 +370,70 @@ def test_field_conditioned_training_reads_fields_and_trains_every_parameter(tmp_
     atoms.calc = calc
     assert calc.get_property("polarizability", atoms).shape == (3, 3)
     assert np.abs(calc.get_property("dipole", atoms)).max() > 0.0
+
+
+def polarization_batch(frames, model, key="REF_polarization"):
+    from mace import data as mace_data
+    from mace.tools import torch_geometric
+
+    from mace_lr import data
+    from mace_lr.training import bec_data as lr_bec
+
+    keys = lr_bec.key_specification_with_bec(data.mace_key_specification(), {}, original=lambda spec, _: spec,
+                                             bec_key=None, polarization_key=key)
+    items = [lr_bec.atomic_data_with_bec(mace_data.config_from_atoms(a, key_specification=keys), z_table=Z_TABLE,
+                                         cutoff=4.0, heads=["Default"], original=mace_data.AtomicData.from_config,
+                                         with_bec=False, with_polarization=True) for a in frames]
+    return next(iter(torch_geometric.dataloader.DataLoader(items, batch_size=len(items))))
+
+
+def test_polarization_loss_is_unchanged_by_a_quantum_shift_of_the_reference():
+    from mace_lr.training.loss import LongRangeLoss, polarization_mse
+
+    model = charges_model()
+    frames = [nacl_crystal(seed=s) for s in (1, 2)]
+    frames[1].set_cell(frames[1].cell.array @ np.diag([1.0, 1.1, 0.95]) + 0.3 * np.eye(3)[::-1], scale_atoms=True)
+    for atoms, p in zip(frames, ([0.003, -0.001, 0.002], [0.0, 0.004, -0.002])):
+        atoms.info["REF_polarization"] = np.array(p)
+    batch = polarization_batch(frames, model)
+    pred = model(batch.to_dict(), training=True)
+    base = float(polarization_mse(batch, pred))
+    assert base > 0.0
+    for j in range(3):  # P_ref + e R_j / V: one quantum along each lattice vector, for one structure
+        shifted = [a.copy() for a in frames]
+        quantum = shifted[1].cell.array[j] / shifted[1].get_volume()
+        shifted[1].info["REF_polarization"] = frames[1].info["REF_polarization"] + (2 if j == 1 else 1) * quantum
+        assert float(polarization_mse(polarization_batch(shifted, model), pred)) == pytest.approx(base, rel=1e-10)
+    half = [a.copy() for a in frames]
+    half[0].info["REF_polarization"] = frames[0].info["REF_polarization"] + 0.5 * half[0].cell.array[0] / half[0].get_volume()
+    assert abs(float(polarization_mse(polarization_batch(half, model), pred)) - base) > 1e-3 * base
+    # through the training loss, with a gradient for the charge head
+    loss = LongRangeLoss(lambda ref, pred: torch.zeros(()), 0.0, 0.0, polarization_weight=2.0)(batch, pred)
+    assert float(loss) == pytest.approx(2.0 * base, rel=1e-12)
+    loss.backward()
+    assert model.long_range_heads[0].readout.mlp[-1].weight.grad.abs().max() > 0.0
+
+
+def test_reference_polarization_of_a_finite_structure_is_refused():
+    cluster = water_cluster()
+    cluster.info["REF_polarization"] = np.array([0.0, 0.0, 0.001])
+    with pytest.raises(ValueError, match="3D-periodic"):
+        polarization_batch([cluster], charges_model())
+
+
+def test_field_and_polarization_flags_are_checked():
+    from mace_lr.training import build_parser, settings_from_args
+
+    def settings(*flags):
+        return settings_from_args(build_parser().parse_args(["--name=x", *flags]))
+
+    fielded = settings("--field_conditioned", "--field_layers=1", "--polarization_weight=2")
+    assert fielded.active and fielded.long_range.field_conditioned and fielded.long_range.field_layers == (1,)
+    assert fielded.trains_polarization and fielded.swa_polarization_weight == 2.0
+    assert not settings("--long_range=charges").trains_polarization
+    with pytest.raises(ValueError, match="needs --field_conditioned"):
+        settings("--field_layers=0")
+    with pytest.raises(ValueError, match="needs a model with a dipole"):
+        settings("--polarization_weight=1")
+    with pytest.raises(ValueError, match="--bec_weight needs"):
+        settings("--bec_weight=1")

@@ -27,12 +27,15 @@ import torch
 BEC_PROPERTY = "bec"
 
 
+#: Name of the reference polarization (e/Å^2, periodic structures) in ``Configuration.properties``.
+POLARIZATION_PROPERTY = "polarization"
+
 #: Name of the field property in MACE's ``Configuration.properties`` (read by its ``AtomicData``).
 FIELD_PROPERTY = "external_field"
 
 
 def key_specification_with_bec(keyspec: Any, keydict: Any, *, original: Callable, bec_key: Optional[str],
-                               field_key: Optional[str] = None) -> Any:
+                               field_key: Optional[str] = None, polarization_key: Optional[str] = None) -> Any:
     """MACE's ``update_keyspec_from_kwargs`` plus ``arrays_keys['bec'] = bec_key`` and
     ``info_keys['external_field'] = field_key`` (each only when given).
 
@@ -44,6 +47,8 @@ def key_specification_with_bec(keyspec: Any, keydict: Any, *, original: Callable
         result.update(arrays_keys={BEC_PROPERTY: bec_key})
     if field_key is not None:
         result.update(info_keys={FIELD_PROPERTY: field_key})
+    if polarization_key is not None:
+        result.update(info_keys={POLARIZATION_PROPERTY: polarization_key})
     return result
 
 
@@ -66,10 +71,33 @@ def reference_bec(config: Any, num_atoms: int) -> tuple[torch.Tensor, float]:
     return torch.tensor(array.reshape(num_atoms, 3, 3), dtype=dtype), weight
 
 
-def atomic_data_with_bec(config: Any, *args: Any, original: Callable, **kwargs: Any) -> Any:
-    """MACE's ``AtomicData.from_config(config, ...)`` with ``bec`` and ``bec_weight`` attached."""
+def reference_polarization(config: Any) -> tuple[torch.Tensor, float]:
+    """(polarization [1, 3] e/Å^2 in the default dtype, weight) of a MACE Configuration."""
+    value = config.properties.get(POLARIZATION_PROPERTY)
+    dtype = torch.get_default_dtype()
+    if value is None:
+        return torch.zeros((1, 3), dtype=dtype), 0.0
+    array = np.asarray(value, dtype=float)
+    if array.size != 3:
+        raise ValueError(f"reference polarization has shape {array.shape}; store it as 3 numbers (e/Å^2) in info")
+    if config.pbc is None or not np.all(config.pbc):
+        raise ValueError("a reference polarization needs a 3D-periodic structure; give finite systems a dipole "
+                         "(--dipole_key) instead")
+    weight = float(config.property_weights.get(POLARIZATION_PROPERTY, 1.0))
+    return torch.tensor(array.reshape(1, 3), dtype=dtype), weight
+
+
+def atomic_data_with_bec(config: Any, *args: Any, original: Callable, with_bec: bool = True,
+                         with_polarization: bool = False, **kwargs: Any) -> Any:
+    """MACE's ``AtomicData.from_config(config, ...)`` with ``bec``/``bec_weight`` and (optionally)
+    ``polarization`` [1, 3] / ``polarization_weight`` [1] attached."""
     data = original(config, *args, **kwargs)
-    bec, weight = reference_bec(config, int(data.num_nodes))
-    data.bec = bec
-    data.bec_weight = torch.tensor([weight], dtype=bec.dtype)
+    if with_bec:
+        bec, weight = reference_bec(config, int(data.num_nodes))
+        data.bec = bec
+        data.bec_weight = torch.tensor([weight], dtype=bec.dtype)
+    if with_polarization:
+        polarization, weight = reference_polarization(config)
+        data.polarization = polarization
+        data.polarization_weight = torch.tensor([weight], dtype=polarization.dtype)
     return data

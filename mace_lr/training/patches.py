@@ -19,7 +19,7 @@ name                                  why
 ``tools.train.valid_err_log``         charge and dipole errors in the validation log
 ``tools.tables_utils.evaluate``       hand each data set's metrics to the table columns
 ``run_train.update_keyspec_from_kwargs``  read ``--external_field_key`` and ``--bec_key`` (with ``--bec_weight``)
-``data.AtomicData.from_config``       keep reference BEC in the data (only with ``--bec_weight``)
+``data.AtomicData.from_config``       keep reference BEC / polarization in the data (``--bec_weight``, ``--polarization_weight``)
 ====================================  ======================================================
 
 A dotted name (``AtomicData.from_config``) is an attribute of a class in that module; the
@@ -145,14 +145,15 @@ def _get_loss_fn(args, dipole_only, compute_dipole, *, original: Callable, setti
     base = original(args, dipole_only, compute_dipole)
     if not settings.active:
         return base
-    return lr_loss.LongRangeLoss(base, settings.charges_weight, settings.dipole_weight, settings.bec_weight)
+    return lr_loss.LongRangeLoss(base, settings.charges_weight, settings.dipole_weight, settings.bec_weight,
+                                 settings.polarization_weight)
 
 
 def _get_swa(args, model, optimizer, swas, dipole_only=False, *, original: Callable, settings: LongRangeTraining):
     swa, swas = original(args, model, optimizer, swas, dipole_only)
     if settings.active and swa is not None:
         swa.loss_fn = lr_loss.LongRangeLoss(swa.loss_fn, settings.charges_weight, settings.swa_dipole_weight,
-                                            settings.swa_bec_weight)
+                                            settings.swa_bec_weight, settings.swa_polarization_weight)
         logging.info(f"Stage Two loss with long-range terms: {swa.loss_fn}")
     return swa, swas
 
@@ -204,8 +205,10 @@ def _create_error_table(table_type, all_data_loaders, model, loss_fn, output_arg
     return lr_metrics.add_table_columns(table, table_type, by_name)
 
 
-def _from_config(config, z_table, cutoff, heads=None, *, original: Callable, **kwargs):
-    return lr_bec.atomic_data_with_bec(config, z_table, cutoff, heads, original=original, **kwargs)
+def _from_config(config, z_table, cutoff, heads=None, *, original: Callable, with_bec: bool = True,
+                 with_polarization: bool = False, **kwargs):
+    return lr_bec.atomic_data_with_bec(config, z_table, cutoff, heads, original=original, with_bec=with_bec,
+                                       with_polarization=with_polarization, **kwargs)
 
 
 # ---------------------------------------------------------------- patching
@@ -220,12 +223,14 @@ def _replacements(settings: LongRangeTraining, originals: Dict[Tuple[str, str], 
     key_patches = {
         (RUN_TRAIN, "update_keyspec_from_kwargs"): functools.partial(
             lr_bec.key_specification_with_bec, original=orig(RUN_TRAIN, "update_keyspec_from_kwargs"),
-            bec_key=settings.bec_key if settings.trains_bec else None, field_key=settings.field_key),
+            bec_key=settings.bec_key if settings.trains_bec else None, field_key=settings.field_key,
+            polarization_key=settings.polarization_key if settings.trains_polarization else None),
     } if settings.active else {}
     bec_patches = {
         (ATOMIC_DATA, "AtomicData.from_config"): functools.partial(
-            _from_config, original=orig(ATOMIC_DATA, "AtomicData.from_config")),
-    } if settings.trains_bec else {}
+            _from_config, original=orig(ATOMIC_DATA, "AtomicData.from_config"), with_bec=settings.trains_bec,
+            with_polarization=settings.trains_polarization),
+    } if settings.trains_bec or settings.trains_polarization else {}
     return {
         **key_patches,
         **bec_patches,

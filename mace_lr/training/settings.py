@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from mace import tools
 
 from ..electrostatics.graph import GRAPH_METHODS
-from ..data.io import BEC_KEY
+from ..data.io import BEC_KEY, FIELD_KEY
 
-#: extxyz info key of the per-structure field (what ``mace_lr_generate field`` writes).
-FIELD_KEY = "external_field"
+#: extxyz info key of the reference polarization (e/Å^2) of periodic structures.
+POLARIZATION_KEY = "REF_polarization"
 from ..heads import LongRangeConfig, parse_long_range
 from ..heads.config import CHARGE_HEADS
 
@@ -150,6 +150,15 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         help=f"extxyz per-atom array with reference Born charges, (N, 9), bec[i, 3a+b] = d mu_b / d r_(i,a) "
         f"(e); default {BEC_KEY}",
     )
+    group.add_argument(
+        "--polarization_weight", type=_non_negative, default=0.0,
+        help="weight of the polarization term (3D-periodic structures with --polarization_key): per-atom MSE of "
+        "mu - V P_ref reduced modulo the polarization quanta e R / V; needs a charge head or --field_conditioned",
+    )
+    group.add_argument("--swa_polarization_weight", type=_non_negative, default=None,
+                       help="polarization weight in stage two (--swa); default: --polarization_weight")
+    group.add_argument("--polarization_key", type=str, default=POLARIZATION_KEY,
+                       help=f"extxyz info key of the reference polarization (3 numbers, e/Å^2); default {POLARIZATION_KEY}")
     return parser
 
 
@@ -175,11 +184,19 @@ class LongRangeTraining:
     swa_bec_weight: float = 0.0
     bec_key: str = BEC_KEY
     field_key: str = FIELD_KEY
+    polarization_weight: float = 0.0
+    swa_polarization_weight: float = 0.0
+    polarization_key: str = POLARIZATION_KEY
 
     @property
     def trains_bec(self) -> bool:
         """Reference BEC must travel with the data (either stage weights them)."""
         return self.active and (self.bec_weight > 0.0 or self.swa_bec_weight > 0.0)
+
+    @property
+    def trains_polarization(self) -> bool:
+        """Reference polarizations must travel with the data (either stage weights them)."""
+        return self.active and (self.polarization_weight > 0.0 or self.swa_polarization_weight > 0.0)
 
     @property
     def active(self) -> bool:
@@ -196,6 +213,12 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
     field_layers = getattr(args, "field_layers", None)
     if field_layers is not None and not field_conditioned:
         raise ValueError("--field_layers needs --field_conditioned")
+    polarization_weight = float(getattr(args, "polarization_weight", 0.0))
+    swa_polarization_weight = getattr(args, "swa_polarization_weight", None)
+    swa_polarization_weight = polarization_weight if swa_polarization_weight is None else float(swa_polarization_weight)
+    if (polarization_weight > 0.0 or swa_polarization_weight > 0.0) and not (has_charges or field_conditioned):
+        raise ValueError("--polarization_weight needs a model with a dipole: a charge head (--long_range charges, "
+                         "latent, qeq) or --field_conditioned")
     if (args.bec_weight > 0.0 or swa_bec_weight > 0.0) and not (has_charges or field_conditioned):
         raise ValueError("--bec_weight needs a head that carries charges (--long_range charges, latent, qeq) or "
                          "--field_conditioned; without either the model has no dipole to differentiate")
@@ -244,4 +267,7 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
         swa_bec_weight=float(swa_bec_weight),
         bec_key=args.bec_key,
         field_key=getattr(args, "external_field_key", FIELD_KEY),
+        polarization_weight=polarization_weight,
+        swa_polarization_weight=swa_polarization_weight,
+        polarization_key=getattr(args, "polarization_key", POLARIZATION_KEY),
     )
