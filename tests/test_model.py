@@ -228,5 +228,5 @@ def test_bad_input_is_rejected_with_a_clear_message(saved_model, tmp_path):
         calc.get_potential_energy(Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]], pbc=True))
     short_range = tmp_path / "sr.model"
     torch.save(build_macelr(tiny_backbone(), LongRangeConfig()), short_range)
-    with pytest.raises(ValueError, match="no long-range head"):
+    with pytest.raises(ValueError, match="needs a model with charges or a field input"):
         MACELRCalculator(str(short_range), external_field=[0, 0, 0.1]).get_potential_energy(water_cluster())

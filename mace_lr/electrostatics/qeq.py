@@ -132,9 +132,10 @@ class GaussianCoulombOperator(torch.nn.Module):
         self.ewald = torchpme.EwaldCalculator(
             torchpme.CoulombPotential(smearing=self.smearing), lr_wavelength=self.lr_wavelength
         )
+        self.mesh_spacing = _reference_pme_spacing(self.smearing, accuracy)
         self.pme = torchpme.PMECalculator(
             torchpme.CoulombPotential(smearing=self.smearing),
-            mesh_spacing=_reference_pme_spacing(self.smearing, accuracy),
+            mesh_spacing=self.mesh_spacing,
             interpolation_nodes=PME_INTERPOLATION_NODES,
         )
 
@@ -183,6 +184,28 @@ class GaussianCoulombOperator(torch.nn.Module):
         return n_periodic
 
     # ------------------------------------------------------------------ public
+    def dense_memory_bytes(self, n: int, cell: torch.Tensor, pbc: torch.Tensor) -> float:
+        """Rough peak memory (bytes) of :meth:`matrix` + the Cholesky solve for ``n`` atoms.
+
+        Open boundaries: a few N x N matrices. Periodic: the k-space sums act on N
+        unit-charge channels at once, so torch-pme's PME mesh (powers of two per axis) or
+        Ewald's k-vector tables are held N times.
+        """
+        matrix = 32.0 * n * n
+        if int(pbc.sum()) == 0:
+            return matrix
+        work = ewald_work(cell, self.lr_wavelength, 2 * n)
+        use_pme = self.method == "pme" or (self.method == "auto" and (
+            n > self.pme_threshold or work > self.ewald_max_work))
+        if not use_pme:
+            return matrix + 48.0 * work
+        lengths = torch.linalg.norm(cell.detach(), dim=1)
+        mesh = 1.0
+        for d in range(3):
+            points = math.ceil(float(lengths[d]) / self.mesh_spacing)
+            mesh *= 2.0 ** math.ceil(math.log2(max(points, 1)))
+        return matrix + 32.0 * mesh * n
+
     def matrix(self, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                edge_index: torch.Tensor, edge_lengths: torch.Tensor) -> torch.Tensor:
         """C [N, N] (V/e), dense; differentiable in positions, cell and widths."""

@@ -15,7 +15,10 @@ between fragments however far apart, and they depend on the total charge.
 Solver per structure: ``dense`` (differentiable Cholesky; always used when training)
 or ``iterative`` (conjugate gradients, no graph; forces and stress stay exact because
 E is stationary in q, and Born charges come from the adjoint solve); ``auto`` takes the
-dense solver up to ``dense_max_atoms`` atoms. The head carries the whole charge of the
+dense solver up to ``dense_max_atoms`` atoms when its estimated memory is below
+:data:`DENSE_MAX_BYTES` (a periodic cell holds the k-space sums once per atom: 768 atoms
+with a fine PME mesh would need ~100 GB), else CG; training refuses such structures with
+a clear error instead of running out of memory. The head carries the whole charge of the
 structure, so it cannot be combined with the ``charges`` or ``latent`` heads.
 """
 
@@ -33,6 +36,8 @@ from .readouts import ScalarReadout
 #: Initial hardness (eV/e^2) and width (fraction of the maximum width) of every element.
 INITIAL_HARDNESS = 2.0
 INITIAL_WIDTH_FRACTION = 0.75
+#: Largest estimated memory (bytes) of a dense solve: ``auto`` switches to CG above it.
+DENSE_MAX_BYTES = 4.0e9
 
 
 class QEqHead(torch.nn.Module):
@@ -59,6 +64,7 @@ class QEqHead(torch.nn.Module):
         self.max_width = float(max_width)
         self.solver = solver
         self.dense_max_atoms = int(dense_max_atoms)
+        self.dense_max_bytes = DENSE_MAX_BYTES
         self.tolerance = float(tolerance)
         self.max_iterations = int(max_iterations)
         hardness = math.log(math.expm1(INITIAL_HARDNESS))  # inverse softplus
@@ -104,8 +110,15 @@ class QEqHead(torch.nn.Module):
             mask = edge_graph == g
             local_edges = edge_index[:, mask] - start
             local_lengths = edge_lengths[mask]
-            dense = training or self.solver == "dense" or (
-                self.solver == "auto" and stop - start <= self.dense_max_atoms)
+            dense = training or self.solver == "dense"
+            if self.solver == "auto" or training:
+                memory = self.operator.dense_memory_bytes(stop - start, inputs["cell"][g], inputs["pbc"][g])
+                if training and memory > self.dense_max_bytes:
+                    raise RuntimeError(
+                        "qeq: the dense charge equilibration that training needs would take about "
+                        + str(int(memory / 1e9)) + " GB for a structure of " + str(stop - start) + " atoms "
+                        "(periodic cells hold the k-space sums once per atom); train on smaller cells")
+                dense = dense or (stop - start <= self.dense_max_atoms and memory <= self.dense_max_bytes)
             result = self.operator.equilibrate(
                 effective_chi[start:stop], hardness[start:stop], remaining[g], positions[start:stop],
                 widths[start:stop], inputs["cell"][g], inputs["pbc"][g], local_edges, local_lengths,
