@@ -258,3 +258,29 @@ def test_periodic_width_limit_is_a_clear_error():
     model(batch_dict([water_cluster()], model))
     with pytest.raises(RuntimeError, match="real-space part would extend past the cutoff"):
         model(batch_dict([nacl_crystal()], model))
+
+
+def test_auto_solver_avoids_dense_solves_that_would_not_fit_in_memory():
+    """A periodic dense solve holds the k-space sums once per atom; auto must switch to CG before that
+    exhausts memory, and training (always dense) must stop with a clear error."""
+    auto, dense = qeq_model("auto"), qeq_model("dense")
+    dense.load_state_dict(auto.state_dict())
+    crystal = nacl_crystal()
+    head = auto.long_range_heads[0]
+    cell = torch.tensor(crystal.cell.array)
+    small = head.operator.dense_memory_bytes(len(crystal), cell, torch.ones(3, dtype=torch.bool))
+    large = head.operator.dense_memory_bytes(8 * len(crystal), 2 * cell, torch.ones(3, dtype=torch.bool))
+    assert 0 < small < large  # grows with atoms x mesh
+    assert head.operator.dense_memory_bytes(100, cell, torch.zeros(3, dtype=torch.bool)) == 32.0 * 100 * 100
+    solves = []
+    conjugate_gradient = head.operator.conjugate_gradient
+    head.operator.conjugate_gradient = lambda *args: solves.append(1) or conjugate_gradient(*args)
+    auto(batch_dict([crystal], auto))
+    assert solves == []  # fits: dense
+    head.dense_max_bytes = 0.5 * small  # pretend the machine is tiny
+    out_auto = auto(batch_dict([crystal], auto))
+    assert len(solves) == 1  # CG
+    out_dense = dense(batch_dict([crystal], dense))
+    torch.testing.assert_close(out_auto["charges"], out_dense["charges"], rtol=0, atol=1e-9)
+    with pytest.raises(RuntimeError, match="train on smaller cells"):
+        auto(batch_dict([crystal], auto), training=True)
