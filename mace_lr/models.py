@@ -76,6 +76,8 @@ class MACELR(torch.nn.Module):
             "ewald_mp_smearings": list(config.ewald_mp_smearings),
             "field_conditioned": config.field_conditioned,
             "field_layers": list(config.field_layers),
+            "wannier_ion_charges": [list(pair) for pair in config.wannier_ion_charges],
+            "wannier_centroid_charges": [list(pair) for pair in config.wannier_centroid_charges],
         }
         # MACE's attributes, so mace's calculator / tools treat this like a MACE model
         self.register_buffer("atomic_numbers", backbone.atomic_numbers.clone())
@@ -171,6 +173,8 @@ class MACELR(torch.nn.Module):
         assert energy is not None and interaction_energy is not None and node_energy is not None
         # zero-valued, carries d(charges)/d(positions) of heads whose charges are not differentiated
         dipole_response = torch.zeros((int(data["ptr"].numel()) - 1, 3), dtype=positions.dtype, device=positions.device)
+        atom_dipoles = torch.zeros_like(positions)  # e·Å, from heads with dipoles (Wannier centroids)
+        extra_electrostatic = torch.zeros_like(dipole_response[:, 0])  # eV, from heads that report it themselves
         for head in self.long_range_heads:
             result = head(inputs)
             energy = energy + result["energy"]
@@ -182,17 +186,23 @@ class MACELR(torch.nn.Module):
                 inputs["potential"] = result["potential"]
             if "dipole_response" in result:
                 dipole_response = dipole_response + result["dipole_response"]
+            if "dipoles" in result:
+                atom_dipoles = atom_dipoles + result["dipoles"]
+            if "electrostatic_energy" in result:
+                extra_electrostatic = extra_electrostatic + result["electrostatic_energy"]
 
         charges = inputs["charges"]
         batch = data["batch"]
-        electrostatic_energy = graph_sum(0.5 * charges * inputs["potential"], batch, num_graphs)
+        electrostatic_energy = graph_sum(0.5 * charges * inputs["potential"], batch, num_graphs) + extra_electrostatic
         # strained positions, so that the field terms' stress is right too
-        dipole = graph_sum(charges.unsqueeze(-1) * inputs["positions"], batch, num_graphs) + dipole_response
+        dipole = (graph_sum(charges.unsqueeze(-1) * inputs["positions"] + atom_dipoles, batch, num_graphs)
+                  + dipole_response)
         field = inputs["external_field"]
         if "displacement_field" in data:
             node_field_energy, field = self._constant_d(data, dipole, strained_cell, inputs["pbc"], batch, field)
         else:
-            node_field_energy = field_node_energy(charges, inputs["positions"], field, batch)
+            node_field_energy = field_node_energy(charges, inputs["positions"], field, batch) - (
+                atom_dipoles * field[batch]).sum(-1)
         field_energy = graph_sum(node_field_energy, batch, num_graphs)
         energy = energy + field_energy
         interaction_energy = interaction_energy + field_energy

@@ -87,7 +87,8 @@ class SmearedPotential(torch.nn.Module):
         diff = positions.unsqueeze(1) - positions.unsqueeze(0)  # r_i - r_j
         squared = (diff * diff).sum(-1)
         diagonal = torch.eye(n, dtype=torch.bool, device=positions.device)
-        distance = torch.sqrt(torch.where(diagonal, torch.ones_like(squared), squared))
+        # (a floor of 1e-12 Å keeps coincident sources, e.g. an ion and its centroid, finite: erf(r/w)/r -> 2/(sqrt(pi) w))
+        distance = torch.sqrt(torch.where(diagonal, torch.ones_like(squared), squared.clamp_min(1e-24)))
         width = math.sqrt(2.0) * self.smearing
         kernel = torch.where(diagonal, torch.zeros_like(squared), torch.erf(distance / width) / distance)
         potential = kernel @ sources

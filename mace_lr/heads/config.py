@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-#: Heads that exist now; a later issue adds dipoles. ``ewald_mp`` is a block inside the backbone.
-HEAD_NAMES: tuple[str, ...] = ("charges", "latent", "qeq", "lode", "ewald_mp")
+#: Heads that exist now. ``ewald_mp`` is a block inside the backbone.
+HEAD_NAMES: tuple[str, ...] = ("charges", "latent", "qeq", "dipoles", "lode", "ewald_mp")
 
 #: Heads that set the charges of the whole structure: they cannot be combined with other charge heads.
-EXCLUSIVE_CHARGE_HEADS: tuple[str, ...] = ("qeq",)
-CHARGE_HEADS: tuple[str, ...] = ("charges", "latent", "qeq")
+EXCLUSIVE_CHARGE_HEADS: tuple[str, ...] = ("qeq", "dipoles")
+CHARGE_HEADS: tuple[str, ...] = ("charges", "latent", "qeq", "dipoles")
 
 QEQ_SOLVERS: tuple[str, ...] = ("auto", "dense", "iterative")
 
@@ -41,6 +41,9 @@ class LongRangeConfig:
         (:mod:`mace_lr.field_conditioning`); dipole, polarizability and Born charges are
         then derivatives of the energy with respect to the field.
     field_layers: interaction layers after which the field enters (``()`` = all).
+    wannier_ion_charges: ``dipoles`` head: ((Z, charge in e), ...) fixed ionic charges.
+    wannier_centroid_charges: ``dipoles`` head: ((Z, charge in e), ...) charge of the one
+        Wannier centroid each atom of that element carries (e.g. ((8, -8.0),) for water).
     """
 
     heads: tuple[str, ...] = ()
@@ -59,6 +62,8 @@ class LongRangeConfig:
     ewald_mp_smearings: tuple[float, ...] = (1.0, 2.0, 4.0)
     field_conditioned: bool = False
     field_layers: tuple[int, ...] = ()
+    wannier_ion_charges: tuple[tuple[int, float], ...] = ()
+    wannier_centroid_charges: tuple[tuple[int, float], ...] = ()
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +92,9 @@ class LongRangeConfig:
             raise ValueError(f"field_layers must be layer indices >= 0, got {self.field_layers}")
         if self.field_layers and not self.field_conditioned:
             raise ValueError("field_layers is set but field_conditioned is False")
+        if "dipoles" in self.heads and not any(q != 0.0 for _, q in self.wannier_centroid_charges):
+            raise ValueError("the dipoles head needs Wannier centroid charges, e.g. --wannier_centroid_charges 8:-8 "
+                             "--wannier_ion_charges 1:1,8:6 for water")
 
     @property
     def active(self) -> bool:

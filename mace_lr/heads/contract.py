@@ -23,7 +23,8 @@ key                  shape      meaning
 
 Outputs: ``energy`` [G] (eV, required), ``node_energy`` [N] (eV, its atomic shares,
 required: they sum to ``energy``), and optionally ``charges`` [N] (e), ``dipoles``
-[N, 3] (e·Å), ``electrostatic_energy`` [G] (eV). Heads run in the order given and see
+[N, 3] (e·Å; added to the dipole and the field term), ``electrostatic_energy`` [G] (eV;
+for heads whose energy is not 1/2 q.potential of their charges), ``potential`` [N] (V). Heads run in the order given and see
 the accumulated ``charges`` of earlier heads.
 """
 

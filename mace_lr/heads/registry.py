@@ -9,6 +9,7 @@ import torch
 from ..electrostatics.graph import GraphCoulomb
 from .charges import build_charges_head
 from .config import LongRangeConfig
+from .dipoles import build_dipoles_head
 from .latent import build_latent_head
 from .lode import build_lode_head
 from .qeq import build_qeq_head
@@ -43,6 +44,10 @@ def build_heads(
         elif name == "lode":
             heads.append(build_lode_head(num_scalars, atomic_numbers, irreps_per_layer, config.lode_smearing,
                                          config.accuracy, config.readout_hidden, config.lode_channels))
+        elif name == "dipoles":
+            heads.append(build_dipoles_head(irreps_per_layer, atomic_numbers, dict(config.wannier_ion_charges),
+                                            dict(config.wannier_centroid_charges), config.charge_width,
+                                            config.accuracy))
         elif name == "ewald_mp":
             continue
         else:  # LongRangeConfig validated the names

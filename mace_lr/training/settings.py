@@ -84,13 +84,27 @@ def _float_list(text: str) -> list:
     return values
 
 
+def _element_charges(text: str) -> list:
+    """``"1:1,8:6"`` -> [(1, 1.0), (8, 6.0)] (atomic number : charge in e)."""
+    pairs = []
+    for part in str(text).strip("{}[]").split(","):
+        if not part.strip():
+            continue
+        try:
+            z, q = part.split(":")
+            pairs.append((int(z), float(q)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected Z:charge pairs such as 1:1,8:6, got {text!r}") from None
+    return pairs
+
+
 def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the long-range flags to a (MACE) argument parser; returns it."""
     group = parser.add_argument_group("long-range electrostatics (mace-lr)")
     group.add_argument(
         "--long_range", type=_long_range_text, default="none",
-        help="long-range heads: none, charges, latent, qeq, lode, ewald_mp, or a '+' combination (e.g. "
-        "charges+latent, qeq+lode, latent+ewald_mp; qeq does not combine with other charge heads)",
+        help="long-range heads: none, charges, latent, qeq, dipoles, lode, ewald_mp, or a '+' combination (e.g. "
+        "charges+latent, qeq+lode, latent+ewald_mp; qeq and dipoles do not combine with other charge heads)",
     )
     group.add_argument("--lr_charge_width", type=_non_negative, default=1.0,
                        help="Gaussian std of the model charges (Å); 0 = point charges")
@@ -123,6 +137,11 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
                        help="channels of the ewald_mp reciprocal-space messages")
     group.add_argument("--ewald_mp_smearings", type=_float_list, default=[1.0, 2.0, 4.0],
                        help="widths (Å) of the smoothed Coulomb kernels that form the ewald_mp filter")
+    group.add_argument("--wannier_ion_charges", type=_element_charges, default=[],
+                       help="dipoles head: fixed ionic charge per element as Z:charge pairs (e), e.g. 1:1,8:6")
+    group.add_argument("--wannier_centroid_charges", type=_element_charges, default=[],
+                       help="dipoles head: charge of the Wannier centroid that each atom of an element carries, "
+                       "e.g. 8:-8 (water: 4 centroids x -2 e on O as one)")
     group.add_argument(
         "--field_conditioned", action="store_true",
         help="the external field (--external_field_key, V/Å) enters the backbone as an l=1 input; the dipole is "
@@ -257,6 +276,8 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
         ewald_mp_smearings=tuple(args.ewald_mp_smearings),
         field_conditioned=field_conditioned,
         field_layers=tuple(field_layers or ()),
+        wannier_ion_charges=tuple(getattr(args, "wannier_ion_charges", [])),
+        wannier_centroid_charges=tuple(getattr(args, "wannier_centroid_charges", [])),
     )
     return LongRangeTraining(
         long_range=config,
