@@ -169,6 +169,20 @@ class MACELRCalculator(Calculator):
         if not self.field_conditioned:  # no field response: tools (the i-PI driver) see it is missing
             self.implemented_properties = [p for p in type(self).implemented_properties if p != "polarizability"]
 
+    #: ``atoms.info`` entries that change the result (ASE's own cache looks at positions, cell, ... only)
+    info_inputs = ("total_charge", "external_field", "displacement_field")
+
+    def check_state(self, atoms, tol: float = 1e-15):
+        """ASE's changes plus any change of :attr:`info_inputs`, so a new field is never served from the cache."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None:
+            for key in self.info_inputs:
+                old, new = self.atoms.info.get(key), atoms.info.get(key)
+                if (old is None) != (new is None) or (
+                        old is not None and not np.array_equal(np.asarray(old, float), np.asarray(new, float))):
+                    changes.append(key)
+        return changes
+
     @property
     def has_dipole(self) -> bool:
         """The model has a dipole: charges from a head, or -dE/dF of a field-conditioned model."""

@@ -286,6 +286,16 @@ def test_calculator_field_properties_and_ipi_polarizability(tmp_path):
     assert "polarizability" not in plain.implemented_properties  # the driver falls back to differences
     with pytest.raises(PropertyNotImplementedError):
         plain.get_property("polarizability", water_cluster())
+    # a new field in atoms.info is a new calculation (ASE's cache alone would not notice)
+    probe = water_cluster()
+    probe.calc = MACELRCalculator(model_paths=str(tmp_path / "field.model"))
+    energies = []
+    for value in ([0.0, 0.0, 0.0], [0.0, 0.0, 0.05], [0.0, 0.0, 0.05]):
+        probe.info["external_field"] = np.array(value)
+        energies.append(probe.get_potential_energy())
+    assert energies[0] != energies[1] and energies[1] == energies[2]
+    probe.info["total_charge"] = 1.0
+    assert "total_charge" in probe.calc.check_state(probe)
     crystal = nacl_crystal()
     crystal.calc = MACELRCalculator(model_paths=str(tmp_path / "charges.model"), displacement_field=[0.002, 0.0, 0.0])
     crystal.get_potential_energy()
