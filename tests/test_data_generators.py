@@ -21,6 +21,7 @@ from mace_lr.data import (
     generate_dimers,
     generate_field,
     generate_random_charges,
+    generate_water_clusters,
     mace_key_specification,
     read_dataset,
     write_dataset,
@@ -46,6 +47,11 @@ def clusters() -> list[Atoms]:
 @pytest.fixture(scope="module")
 def field_frames() -> list[Atoms]:
     return generate_field(2, seed=3, max_field=0.5)
+
+
+@pytest.fixture(scope="module")
+def water_frames() -> list[Atoms]:
+    return generate_water_clusters(2, seed=6, min_molecules=2, max_molecules=3)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +88,7 @@ def assert_relative(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-8
 # --- xTB labels ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["dimers", "clusters", "field_frames"])
+@pytest.mark.parametrize("family", ["dimers", "clusters", "field_frames", "water_frames"])
 def test_xtb_labels_equal_direct_tblite(family, request, tmp_path):
     frames = request.getfixturevalue(family)
     path = write_dataset(frames, tmp_path / "frames.xyz")
@@ -389,3 +395,16 @@ def test_cli_end_to_end(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert "wrote 2 clusters configurations" in finished.stderr
     assert again.read_bytes() == in_process
+
+
+def test_water_clusters_are_separate_neutral_molecules(water_frames):
+    for atoms in water_frames:
+        n = atoms.info["n_molecules"]
+        assert 2 <= n <= 3 and list(atoms.numbers) == [8, 1, 1] * n and atoms.info["total_charge"] == 0
+        distances = atoms.get_all_distances()
+        oxygens = np.flatnonzero(atoms.numbers == 8)
+        for i in oxygens:  # each O has its own two H within 1.1 Å, every other O at least 2.6 Å - noise away
+            assert np.sum(distances[i, atoms.numbers == 1] < 1.15) == 2
+            assert np.all(distances[i, oxygens[oxygens != i]] > 2.4)
+    with pytest.raises(InvalidOption):
+        generate_water_clusters(1, min_molecules=3, max_molecules=2)

@@ -99,6 +99,11 @@ def _field(args: argparse.Namespace, common: dict) -> list[Atoms]:
     )
 
 
+def _water(args: argparse.Namespace, common: dict) -> list[Atoms]:
+    return data.generate_water_clusters(min_molecules=args.min_molecules, max_molecules=args.max_molecules,
+                                        noise=args.noise, accuracy=args.xtb_accuracy, **common)
+
+
 def _subcommand(
     subparsers: argparse._SubParsersAction, name: str, help_text: str, run: Callable, xtb: bool
 ) -> argparse.ArgumentParser:
@@ -238,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.02,
         help="Gaussian atom displacement, Å (default 0.02)",
     )
+    p = _subcommand(sub, "water", "water clusters (H2O)_n in open boundaries, GFN2-xTB labels", _water, xtb=True)
+    p.add_argument("--min-molecules", type=_positive_int, default=2, help="fewest molecules (default 2)")
+    p.add_argument("--max-molecules", type=_positive_int, default=6, help="most molecules (default 6)")
+    p.add_argument("--noise", type=_non_negative_float, default=0.03,
+                   help="Gaussian atom displacement, Å (default 0.03)")
     return parser
 
 

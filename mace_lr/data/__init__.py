@@ -8,6 +8,7 @@ writes them to extxyz. The command ``mace_lr_generate`` wraps them.
 from .clusters import CLUSTER_SYSTEMS, generate_clusters
 from .dimers import dimer_scan, generate_dimers
 from .field import generate_field
+from .water import generate_water_clusters
 from .io import BEC_KEY, MACE_TRAIN_KEYS, labelled_atoms, mace_key_specification, read_dataset, write_dataset
 from .molecules import DIMER_MONOMERS, FIELD_MOLECULES, MOLECULES
 from .random_charges import RepulsionCalculator, born_mayer_repulsion, generate_random_charges
@@ -30,6 +31,7 @@ __all__ = [
     "dimer_scan",
     "generate_dimers",
     "generate_field",
+    "generate_water_clusters",
     "generate_random_charges",
     "labelled_atoms",
     "mace_key_specification",
