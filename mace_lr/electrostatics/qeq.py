@@ -201,9 +201,11 @@ class GaussianCoulombOperator(torch.nn.Module):
             return matrix + 48.0 * work
         lengths = torch.linalg.norm(cell.detach(), dim=1)
         mesh = 1.0
-        for d in range(3):
-            points = math.ceil(float(lengths[d]) / self.mesh_spacing)
-            mesh *= 2.0 ** math.ceil(math.log2(max(points, 1)))
+        for d in range(3):  # torch-pme rounds each axis up to a power of two
+            points = 1.0
+            while points * self.mesh_spacing < float(lengths[d]):
+                points *= 2.0
+            mesh *= points
         return matrix + 32.0 * mesh * n
 
     def matrix(self, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
