@@ -61,3 +61,26 @@ def numpy_coulomb(positions: np.ndarray, charges: np.ndarray, smearing=0.0):
             if j > i:
                 energy += charges[i] * charges[j] * f
     return energy, potential, field
+
+
+def fd_force(energy_of, atoms: Atoms, i: int, a: int, h: float = 1e-5) -> float:
+    """-dE/dr_{i,a} (eV/Å) by central differences; ``energy_of(atoms) -> float`` (eV)."""
+    energies = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[i, a] += sign * h
+        energies.append(energy_of(moved))
+    return -(energies[0] - energies[1]) / (2 * h)
+
+
+def fd_stress(energy_of, atoms: Atoms, a: int, b: int, h: float = 1e-5) -> float:
+    """dE/d(eps_ab) / V (eV/Å^3) for a symmetric strain, by central differences."""
+    energies = []
+    for sign in (1, -1):
+        strain = np.eye(3)
+        strain[a, b] += sign * h / 2
+        strain[b, a] += sign * h / 2
+        strained = atoms.copy()
+        strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+        energies.append(energy_of(strained))
+    return (energies[0] - energies[1]) / (2 * h) / atoms.get_volume()

@@ -96,3 +96,26 @@ def water_cluster(seed: int = 2, charge: float = 0.0) -> Atoms:
     atoms.rattle(0.05, seed=seed)
     atoms.info["total_charge"] = charge
     return atoms
+
+
+def capture_training(monkeypatch) -> dict:
+    """Make an in-process ``mace_lr.training.run`` record the MACELR it builds ("model") and its
+    optimizer ("optimizer") in the returned dict."""
+    import mace.cli.run_train
+
+    from mace_lr.training import model as lr_model
+
+    captured: dict = {}
+    wrap, get_optimizer = lr_model.wrap_backbone, mace.cli.run_train.get_optimizer
+
+    def record_model(*args, **kwargs):
+        captured["model"] = wrap(*args, **kwargs)
+        return captured["model"]
+
+    def record_optimizer(args, param_options):
+        captured["optimizer"] = get_optimizer(args, param_options)
+        return captured["optimizer"]
+
+    monkeypatch.setattr(lr_model, "wrap_backbone", record_model)
+    monkeypatch.setattr(mace.cli.run_train, "get_optimizer", record_optimizer)
+    return captured

@@ -25,6 +25,7 @@ from mace_lr.field import (
 )
 from mace_lr.heads import LongRangeConfig
 from mace_lr.models import build_macelr
+from helpers import fd_force, fd_stress
 from model_helpers import amplify_charge_readouts, nacl_crystal, tiny_backbone, water_cluster
 
 Z_TABLE = AtomicNumberTable([1, 8, 11, 17])
@@ -128,18 +129,9 @@ def test_periodic_field_conditioned_stress_is_the_strain_derivative():
     atoms = nacl_crystal()
     out = evaluate(model, atoms, FIELD, compute_stress=True)
     stress = out["stress"][0].detach().numpy()
-    volume = atoms.get_volume()
-    h = 1e-6
     for a, b in [(0, 0), (1, 2), (2, 0)]:
-        energies = []
-        for sign in (1, -1):
-            strain = np.eye(3)
-            strain[a, b] += sign * h / 2
-            strain[b, a] += sign * h / 2
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-            energies.append(float(evaluate(model, strained, FIELD)["energy"]))
-        assert stress[a, b] == pytest.approx((energies[0] - energies[1]) / (2 * h) / volume, abs=1e-8)
+        expected = fd_stress(lambda strained: float(evaluate(model, strained, FIELD)["energy"]), atoms, a, b, h=1e-6)
+        assert stress[a, b] == pytest.approx(expected, abs=1e-8)
 
 
 def test_torchscript_equals_eager_for_field_outputs():
@@ -185,25 +177,13 @@ def test_constant_d_forces_and_stress_are_derivatives():
     atoms.info["displacement_field"] = np.array([0.002, -0.001, 0.0015])  # e/Å^2
     out = model(atoms_to_batch([atoms], Z_TABLE, 4.0), compute_stress=True)
     forces, stress = out["forces"].detach().numpy(), out["stress"][0].detach().numpy()
-    h = 1e-5
+    def energy_of(configuration):
+        return float(model(atoms_to_batch([configuration], Z_TABLE, 4.0))["energy"])
+
     for i, a in [(0, 0), (5, 1), (11, 2)]:
-        energies = []
-        for sign in (1, -1):
-            moved = atoms.copy()
-            moved.positions[i, a] += sign * h
-            energies.append(float(model(atoms_to_batch([moved], Z_TABLE, 4.0))["energy"]))
-        assert forces[i, a] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=1e-6)
-    volume = atoms.get_volume()
+        assert forces[i, a] == pytest.approx(fd_force(energy_of, atoms, i, a), abs=1e-6)
     for a, b in [(0, 0), (0, 1)]:
-        energies = []
-        for sign in (1, -1):
-            strain = np.eye(3)
-            strain[a, b] += sign * h / 2
-            strain[b, a] += sign * h / 2
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-            energies.append(float(model(atoms_to_batch([strained], Z_TABLE, 4.0))["energy"]))
-        assert stress[a, b] == pytest.approx((energies[0] - energies[1]) / (2 * h) / volume, abs=1e-7)
+        assert stress[a, b] == pytest.approx(fd_stress(energy_of, atoms, a, b), abs=1e-7)
 
 
 def test_constant_d_refuses_finite_systems_and_both_fields():
@@ -310,33 +290,19 @@ def test_field_conditioned_training_reads_fields_and_trains_every_parameter(tmp_
     import subprocess
     import sys
 
-    import mace.cli.run_train
     from mace.modules.loss import WeightedEnergyForcesLoss
     from mace.tools.train import take_step
 
     from mace_lr import data
     from mace_lr.calculators import MACELRCalculator
     from mace_lr.training import LongRangeLoss, build_parser
-    from mace_lr.training import model as lr_model
     from mace_lr.training import run as run_training
+    from model_helpers import capture_training
 
     dataset = tmp_path / "field.xyz"
     subprocess.run([sys.executable, "-m", "mace_lr.cli.generate", "field", "-n=8", "--seed=5", "-q", f"-o={dataset}"],
                    check=True, capture_output=True, timeout=180)
-    captured = {}
-    wrap = lr_model.wrap_backbone
-    get_optimizer = mace.cli.run_train.get_optimizer
-
-    def record_model(*args, **kwargs):
-        captured["model"] = wrap(*args, **kwargs)
-        return captured["model"]
-
-    def record_optimizer(args, param_options):
-        captured["optimizer"] = get_optimizer(args, param_options)
-        return captured["optimizer"]
-
-    monkeypatch.setattr(lr_model, "wrap_backbone", record_model)
-    monkeypatch.setattr(mace.cli.run_train, "get_optimizer", record_optimizer)
+    captured = capture_training(monkeypatch)
     argv = [
         "--name=field", f"--work_dir={tmp_path}", f"--train_file={dataset}", "--valid_fraction=0.25",
         *[f"--{flag}={key}" for flag, key in data.MACE_TRAIN_KEYS.items()], "--E0s=average",

@@ -37,6 +37,7 @@ from mace_lr.training import compile as lr_compile
 from mace_lr.training import model as lr_model
 from mace_lr.training import patches
 from mace_lr.training import run as run_training
+from model_helpers import capture_training
 
 KEY_FLAGS = [f"--{flag}={key}" for flag, key in data.MACE_TRAIN_KEYS.items()]
 TINY_MODEL = [
@@ -293,19 +294,7 @@ def test_element_charges_average_only_labelled_configs(dataset):
 @pytest.mark.parametrize("heads", ["charges+latent", "qeq+lode", "latent+ewald_mp"])
 def test_every_parameter_reaches_the_optimizer_and_moves(dataset, tmp_path, monkeypatch, restore_logging, heads):
     """Build through MACE's real run() (dry run), then take one optimizer step."""
-    captured = {}
-    wrap, get_optimizer = lr_model.wrap_backbone, mace.cli.run_train.get_optimizer
-
-    def record_model(*args, **kwargs):
-        captured["model"] = wrap(*args, **kwargs)
-        return captured["model"]
-
-    def record_optimizer(args, param_options):
-        captured["optimizer"] = get_optimizer(args, param_options)
-        return captured["optimizer"]
-
-    monkeypatch.setattr(lr_model, "wrap_backbone", record_model)
-    monkeypatch.setattr(mace.cli.run_train, "get_optimizer", record_optimizer)
+    captured = capture_training(monkeypatch)
     args = build_parser().parse_args(train_argv(dataset, tmp_path, "opt", "--dry_run", "--weight_decay=1e-3",
                                                 f"--long_range={heads}"))
     run_training(args)
