@@ -19,6 +19,10 @@ import numpy as np
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+#: mace_lr_run_train key flags of the xTB data sets (``mace_lr_generate`` dimers, clusters, field, water).
+XTB_KEYS = {"energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
+            "dipole_key": "REF_dipole", "total_charge_key": "total_charge"}
+
 
 def thread_env(threads: int) -> Dict[str, str]:
     """The current environment with every BLAS/OpenMP thread count set to ``threads``."""
@@ -167,6 +171,18 @@ def train_all(workdir: Path, runs: Mapping[str, Mapping[str, object]], threads: 
         results[name] = finish_training(start_training(workdir, name, options, threads), workdir)
         print(f"  done in {results[name][1]:.0f} s", flush=True)
     return results
+
+
+def train_models(args, workdir: Path, training_options, train_file: Path, test_file: Path) -> Dict[str, tuple[Path, float]]:
+    """``training_options(args, train_file, test_file, name)`` for every name in ``--models``: print the
+    settings, train (or reuse), report the wall time; name -> (model path, seconds)."""
+    runs = {name: training_options(args, train_file, test_file, name) for name in args.models.split(",")}
+    for name, options in runs.items():
+        print_settings(name, options)
+    start = time.perf_counter()
+    trained = train_all(workdir, runs, args.threads, args.parallel, args.reuse)
+    print(f"training wall time {time.perf_counter() - start:.0f} s")
+    return trained
 
 
 def predict(model_path: Path, configs: Iterable, threads: int = 1) -> List[Dict[str, np.ndarray]]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def training_options(args, train_file: Path, test_file: Path, run: str) -> dict:
     """mace_lr_run_train options; identical for every run except the long-range ones."""
     long_range, extra = MODELS[run]
-    keys = {"energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
-            "dipole_key": "REF_dipole", "total_charge_key": "total_charge", "total_spin_key": "total_spin"}
+    keys = {**tr.XTB_KEYS, "total_spin_key": "total_spin"}
     options = tr.base_options(args, train_file, test_file, long_range, energy_weight=args.energy_weight,
                               start_swa_fraction=args.start_swa, valid_batch_size=32, error_table="PerAtomRMSE",
                               correlation=args.correlation, keys=keys)
@@ -126,12 +124,7 @@ def main(argv=None) -> None:
                                                           args.test_fraction)
     print(f"{len(train)} train+valid, {len(test)} test clusters")
 
-    runs = {name: training_options(args, train_file, test_file, name) for name in args.models.split(",")}
-    for name, options in runs.items():
-        tr.print_settings(name, options)
-    start = time.perf_counter()
-    trained = tr.train_all(workdir, runs, args.threads, args.parallel, args.reuse)
-    print(f"training wall time {time.perf_counter() - start:.0f} s")
+    trained = tr.train_models(args, workdir, training_options, train_file, test_file)
     predictions = {name: tr.predict(path, test) for name, (path, _) in trained.items()}
     print(f"\n### Test set ({len(test)} clusters), RMSE\n")
     headers = ["model", "systems (test count)", "E RMSE (meV/atom)", "F RMSE (meV/Å)", "q RMSE (me)"]

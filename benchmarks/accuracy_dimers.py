@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def training_options(args, train_file: Path, test_file: Path, run: str) -> dict:
     """mace_lr_run_train options; identical for every run except the long-range ones."""
     long_range, extra = MODELS[run]
-    keys = {"energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
-            "dipole_key": "REF_dipole", "total_charge_key": "total_charge"}
+    keys = tr.XTB_KEYS
     options = tr.base_options(args, train_file, test_file, long_range, energy_weight=args.energy_weight,
                               start_swa_fraction=args.start_swa, valid_batch_size=32, error_table="PerAtomMAE",
                               correlation=args.correlation, keys=keys)
@@ -180,12 +178,7 @@ def main(argv=None) -> None:
     counts = ", ".join(f"{label}: {int(np.sum((d >= lo) & (d < hi)))}" for lo, hi, label in bins)
     print(f"{len(train)} train+valid, {len(test)} test dimers ({counts})")
 
-    runs = {name: training_options(args, train_file, test_file, name) for name in args.models.split(",")}
-    for name, options in runs.items():
-        tr.print_settings(name, options)
-    start = time.perf_counter()
-    trained = tr.train_all(workdir, runs, args.threads, args.parallel, args.reuse)
-    print(f"training wall time {time.perf_counter() - start:.0f} s")
+    trained = tr.train_models(args, workdir, training_options, train_file, test_file)
 
     headers = ["model"] + [f"E MAE {label} (meV)" for _, _, label in bins]
     headers += ["E MAE all (meV)", "F MAE (meV/Å)", "q MAE vs xTB (e)", "μ MAE (e·Å)", "train (min)"]

@@ -62,8 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def training_options(args, train_file: Path, test_file: Path, run: str) -> dict:
     long_range, conditioned = MODELS[run]
-    keys = {"energy_key": "REF_energy", "forces_key": "REF_forces", "charges_key": "REF_charges",
-            "dipole_key": "REF_dipole", "total_charge_key": "total_charge"}
+    keys = tr.XTB_KEYS
     options = tr.base_options(args, train_file, test_file, long_range, energy_weight=args.energy_weight,
                               start_swa_fraction=args.start_swa, valid_batch_size=16, error_table="PerAtomMAE",
                               keys=keys)
@@ -115,12 +114,7 @@ def main(argv=None) -> None:
     train, test, train_file, test_file = tr.prepare_data(
         workdir, "field", args.n_configs, args.seed, args.test_fraction, "--max-field", str(args.max_field))
     print(f"{len(train)} train+valid, {len(test)} test molecules")
-    runs = {name: training_options(args, train_file, test_file, name) for name in args.models.split(",")}
-    for name, options in runs.items():
-        tr.print_settings(name, options)
-    start = time.perf_counter()
-    trained = tr.train_all(workdir, runs, args.threads, args.parallel, args.reuse)
-    print(f"training wall time {time.perf_counter() - start:.0f} s")
+    trained = tr.train_models(args, workdir, training_options, train_file, test_file)
 
     alpha_set = test[: args.n_alpha]
     start = time.perf_counter()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -95,12 +94,7 @@ def main(argv=None) -> None:
     print(f"{len(train)} train+valid ({len(train) - n_valid} train, ~{n_valid} valid), {len(test)} test; "
           f"{len(configs[0])} atoms per box")
 
-    runs = {lr: training_options(args, train_file, test_file, lr) for lr in args.models.split(",")}
-    for name, options in runs.items():
-        tr.print_settings(name, options)
-    start = time.perf_counter()
-    trained = tr.train_all(workdir, runs, args.threads, args.parallel, args.reuse)
-    print(f"training wall time {time.perf_counter() - start:.0f} s")
+    trained = tr.train_models(args, workdir, training_options, train_file, test_file)
     predictions = {name: tr.predict(path, test) for name, (path, _) in trained.items()}
     times = {name: seconds for name, (_, seconds) in trained.items()}
 
