@@ -15,6 +15,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .electrostatics import Electrostatics, ElectrostaticsInputError
+from .field import impose_acoustic_sum_rule
 
 
 def strained_geometry(
@@ -232,8 +233,6 @@ class MACELRCalculator(Calculator):
                 kwargs["compute_polarizability"] = True
             out = model(batch, **kwargs)
             if want_bec and self.acoustic_sum_rule:
-                from .field import impose_acoustic_sum_rule
-
                 out["bec"] = impose_acoustic_sum_rule(out["bec"], batch["total_charge"].view(-1), batch["batch"],
                                                       batch["ptr"])
             for key in ("energy", "node_energy", "forces", "stress", "charges", "dipole", "electrostatic_energy",

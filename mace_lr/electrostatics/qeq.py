@@ -161,15 +161,18 @@ class GaussianCoulombOperator(torch.nn.Module):
         periodic_arg = torch.jit.annotate(Optional[torch.Tensor], None)
         if bool((~pbc).any()):
             periodic_arg = pbc
-        use_pme = self.method == "pme" or (self.method == "auto" and (
-            n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n + charges.shape[1]) > self.ewald_max_work))
-        if use_pme:
+        if self._use_pme(n, charges.shape[1], cell):
             half = self.pme(charges=charges, cell=cell, positions=positions, neighbor_indices=empty_pairs,
                             neighbor_distances=empty_distances, periodic=periodic_arg)
         else:
             half = self.ewald(charges=charges, cell=cell, positions=positions, neighbor_indices=empty_pairs,
                               neighbor_distances=empty_distances, periodic=periodic_arg)
         return 2.0 * half
+
+    def _use_pme(self, n: int, channels: int, cell: torch.Tensor) -> bool:
+        """Whether :meth:`_kspace` takes PME (else Ewald) for ``n`` atoms and ``channels`` charge columns."""
+        return self.method == "pme" or (self.method == "auto" and (
+            n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n + channels) > self.ewald_max_work))
 
     def _remainder_kernel(self, widths: torch.Tensor, edge_index: torch.Tensor, edge_lengths: torch.Tensor) -> torch.Tensor:
         """[erf(r / w_ij) - erf(r / (sqrt 2 sigma))] / r on every edge (Å^-1)."""
@@ -194,11 +197,8 @@ class GaussianCoulombOperator(torch.nn.Module):
         matrix = 32.0 * n * n
         if int(pbc.sum()) == 0:
             return matrix
-        work = ewald_work(cell, self.lr_wavelength, 2 * n)
-        use_pme = self.method == "pme" or (self.method == "auto" and (
-            n > self.pme_threshold or work > self.ewald_max_work))
-        if not use_pme:
-            return matrix + 48.0 * work
+        if not self._use_pme(n, n, cell):
+            return matrix + 48.0 * ewald_work(cell, self.lr_wavelength, 2 * n)
         lengths = torch.linalg.norm(cell.detach(), dim=1)
         mesh = 1.0
         for d in range(3):  # torch-pme rounds each axis up to a power of two

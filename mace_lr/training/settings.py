@@ -235,10 +235,11 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
     polarization_weight = float(getattr(args, "polarization_weight", 0.0))
     swa_polarization_weight = getattr(args, "swa_polarization_weight", None)
     swa_polarization_weight = polarization_weight if swa_polarization_weight is None else float(swa_polarization_weight)
-    if (polarization_weight > 0.0 or swa_polarization_weight > 0.0) and not (has_charges or field_conditioned):
+    has_dipole = has_charges or field_conditioned
+    if (polarization_weight > 0.0 or swa_polarization_weight > 0.0) and not has_dipole:
         raise ValueError("--polarization_weight needs a model with a dipole: a charge head (--long_range charges, "
                          "latent, qeq) or --field_conditioned")
-    if (args.bec_weight > 0.0 or swa_bec_weight > 0.0) and not (has_charges or field_conditioned):
+    if (args.bec_weight > 0.0 or swa_bec_weight > 0.0) and not has_dipole:
         raise ValueError("--bec_weight needs a head that carries charges (--long_range charges, latent, qeq) or "
                          "--field_conditioned; without either the model has no dipole to differentiate")
     if args.distributed and args.launcher == "none":
