@@ -68,6 +68,17 @@ def add_common_arguments(parser, *, n_configs: int, test_fraction: float, epochs
     parser.add_argument("--reuse", action="store_true", help="evaluate models already trained in --workdir")
 
 
+def add_loss_arguments(parser, *, start_swa: float, dipole_weight: float, dipole_help: str,
+                       charge_width_help: str = "model charge Gaussian std, Å",
+                       charges_help: str | None = None) -> None:
+    """--energy-weight, --start-swa, --charge-width, --charges-weight, --dipole-weight of the xTB benchmarks."""
+    parser.add_argument("--energy-weight", type=float, default=10.0, help="stage one (stage two: 1000)")
+    parser.add_argument("--start-swa", type=float, default=start_swa, help="stage two from this fraction of the epochs")
+    parser.add_argument("--charge-width", type=float, default=0.5, help=charge_width_help)
+    parser.add_argument("--charges-weight", type=float, default=100.0, help=charges_help)
+    parser.add_argument("--dipole-weight", type=float, default=dipole_weight, help=dipole_help)
+
+
 def prepare_data(workdir: Path, kind: str, n_configs: int, seed: int, test_fraction: float,
                  *extra: str) -> tuple[list, list, Path, Path]:
     """Generate ``workdir/<kind>.xyz`` once, split it; (train, test, train file, test file)."""

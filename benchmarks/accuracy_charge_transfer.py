@@ -52,11 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     tr.add_common_arguments(parser, n_configs=1000, test_fraction=0.1, epochs=60, batch_size=8, max_l=1,
                             models=",".join(MODELS))
     parser.add_argument("--correlation", type=int, default=2)
-    parser.add_argument("--energy-weight", type=float, default=10.0, help="stage one (stage two: 1000)")
-    parser.add_argument("--start-swa", type=float, default=0.7, help="stage two from this fraction of the epochs")
-    parser.add_argument("--charge-width", type=float, default=0.5, help="Gaussian std of charges/latent heads, Å")
-    parser.add_argument("--charges-weight", type=float, default=100.0, help="for charges and qeq")
-    parser.add_argument("--dipole-weight", type=float, default=1.0, help="for latent")
+    tr.add_loss_arguments(parser, start_swa=0.7, dipole_weight=1.0, dipole_help="for latent",
+                          charge_width_help="Gaussian std of charges/latent heads, Å", charges_help="for charges and qeq")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_configs, args.epochs, args.batch_size = 30, 1, 8

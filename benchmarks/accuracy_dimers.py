@@ -57,11 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                             models="none,charges,latent,latent_mu")
     parser.add_argument("--max-charge-transfer", type=float, default=0.05, help="e; generator filter")
     parser.add_argument("--correlation", type=int, default=2)
-    parser.add_argument("--energy-weight", type=float, default=10.0, help="stage one (stage two: 1000)")
-    parser.add_argument("--start-swa", type=float, default=0.6, help="stage two from this fraction of the epochs")
-    parser.add_argument("--charge-width", type=float, default=0.5, help="model charge Gaussian std, Å")
-    parser.add_argument("--charges-weight", type=float, default=100.0)
-    parser.add_argument("--dipole-weight", type=float, default=1.0, help="for latent_mu")
+    tr.add_loss_arguments(parser, start_swa=0.6, dipole_weight=1.0, dipole_help="for latent_mu")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_configs, args.epochs, args.batch_size = 40, 1, 8

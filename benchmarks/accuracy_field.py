@@ -47,11 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     tr.add_common_arguments(parser, n_configs=600, test_fraction=0.2, epochs=100, batch_size=8, max_l=1,
                             models=",".join(MODELS))
     parser.add_argument("--max-field", type=float, default=0.1, help="V/Å, generator option")
-    parser.add_argument("--energy-weight", type=float, default=10.0, help="stage one (stage two: 1000)")
-    parser.add_argument("--start-swa", type=float, default=0.6, help="stage two from this fraction of the epochs")
-    parser.add_argument("--charge-width", type=float, default=0.5, help="model charge Gaussian std, Å")
-    parser.add_argument("--charges-weight", type=float, default=100.0)
-    parser.add_argument("--dipole-weight", type=float, default=10.0, help="for the field-conditioned models")
+    tr.add_loss_arguments(parser, start_swa=0.6, dipole_weight=10.0, dipole_help="for the field-conditioned models")
     parser.add_argument("--n-alpha", type=int, default=30, help="held-out molecules for the polarizability")
     parser.add_argument("--alpha-step", type=float, default=0.005, help="V/Å, xTB finite-difference step")
     args = parser.parse_args(argv)

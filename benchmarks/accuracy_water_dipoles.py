@@ -36,11 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_common_arguments(parser, n_configs=400, test_fraction=0.2, epochs=80, batch_size=8, max_l=1,
                             models=",".join(MODELS))
-    parser.add_argument("--energy-weight", type=float, default=10.0, help="stage one (stage two: 1000)")
-    parser.add_argument("--start-swa", type=float, default=0.6, help="stage two from this fraction of the epochs")
-    parser.add_argument("--charge-width", type=float, default=0.5, help="Gaussian std of charges/ions/centroids, Å")
-    parser.add_argument("--charges-weight", type=float, default=100.0, help="for the charges model")
-    parser.add_argument("--dipole-weight", type=float, default=10.0, help="for every model")
+    tr.add_loss_arguments(parser, start_swa=0.6, dipole_weight=10.0, dipole_help="for every model",
+                          charge_width_help="Gaussian std of charges/ions/centroids, Å",
+                          charges_help="for the charges model")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_configs, args.epochs, args.batch_size = 16, 1, 4
