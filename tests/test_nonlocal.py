@@ -162,3 +162,14 @@ def test_torchscript_equals_eager_and_mixed_batch_equals_one_by_one(heads):
 def test_bad_ewald_mp_layers_are_refused():
     with pytest.raises(ValueError, match="do not exist"):
         build_macelr(tiny_backbone(), LongRangeConfig(heads=("ewald_mp",), ewald_mp_layers=(5,)))
+
+
+def test_lode_field_path_uses_the_last_layer_with_vectors():
+    """Standard MACE ends in scalars; the field's equivariant path takes the earlier layer's 1o features."""
+    from mace_lr.heads.lode import vector_feature_indices
+
+    standard = vector_feature_indices(["16x0e+16x1o", "16x0e"])
+    assert standard.tolist() == list(range(16, 16 + 48))
+    both = vector_feature_indices(["4x0e+2x1o", "3x0e+1x1o+1x2e"])
+    assert both.tolist() == [10 + 3, 10 + 4, 10 + 5]  # layer 1 starts at 4 + 6 = 10; its 1o after 3 scalars
+    assert vector_feature_indices(["8x0e", "8x0e"]).numel() == 0

@@ -10,7 +10,7 @@ periodic cells, exact dense sums otherwise) and are differentiable in positions 
 cell.
 
 Readout (invariant): an MLP of [backbone scalars, V_c s, |E_c|^2 s^4, (P h_i) . E_c s^2],
-where h_i are the last interaction layer's l = 1 features and P a learned mixing of
+where h_i are the l = 1 features of the last interaction layer that has them and P a learned mixing of
 their channels (the equivariant path of the field). Its output is a per-atom energy
 (eV), small at initialisation, added to the backbone's. The head returns the
 descriptors as ``node_features`` [N, 2C] (V s, |E|^2 s^4).
@@ -31,16 +31,26 @@ INITIAL_OUTPUT_SCALE = 0.01
 
 
 def vector_feature_indices(irreps_per_layer: Sequence[str]) -> torch.Tensor:
-    """Columns of the last layer's 1o features in MACE's concatenated ``node_feats``, as [mul * 3]."""
+    """Columns of the 1o features of the last layer that has any, in MACE's concatenated ``node_feats``, as [mul * 3].
+
+    Standard MACE reduces its last layer to scalars, so the field's equivariant path uses
+    the vectors of the last earlier layer that carries 1o features (empty only for max_L = 0).
+    """
+    offsets: List[int] = []
     offset = 0
-    for text in irreps_per_layer[:-1]:
+    for text in irreps_per_layer:
+        offsets.append(offset)
         offset += o3.Irreps(text).dim
-    indices: List[int] = []
-    for mul, ir in o3.Irreps(irreps_per_layer[-1]):
-        if ir.l == 1 and ir.p == -1:
-            indices.extend(range(offset, offset + mul * 3))
-        offset += mul * ir.dim
-    return torch.tensor(indices, dtype=torch.long)
+    for layer in range(len(irreps_per_layer) - 1, -1, -1):
+        indices: List[int] = []
+        start = offsets[layer]
+        for mul, ir in o3.Irreps(irreps_per_layer[layer]):
+            if ir.l == 1 and ir.p == -1:
+                indices.extend(range(start, start + mul * 3))
+            start += mul * ir.dim
+        if indices:
+            return torch.tensor(indices, dtype=torch.long)
+    return torch.zeros(0, dtype=torch.long)
 
 
 class LODEHead(torch.nn.Module):
