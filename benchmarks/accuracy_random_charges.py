@@ -1,4 +1,4 @@
-"""Accuracy: short-range MACE vs the latent-charge head on random +-1 point charges.
+"""Accuracy: short-range MACE vs long-range heads on random +-1 point charges.
 
 The LES benchmark (B. Cheng, npj Comput. Mater. 2025): 128 ions (+1/-1 e) with a
 Born-Mayer repulsion in a periodic box, labelled with an Ewald sum
@@ -6,11 +6,13 @@ Born-Mayer repulsion in a periodic box, labelled with an Ewald sum
 no model with a finite receptive field can represent; the latent head can, by learning
 the charges from energies and forces alone.
 
-Both models share the backbone, data, split, seed and training budget; they differ only
-in ``--long_range none`` vs ``--long_range latent``. Reported on the held-out test set:
-energy MAE (meV/atom), force MAE (meV/Å, over Cartesian components), and for the latent
-head the Pearson correlation and MAE of its charges against the true +-1 e (after fixing
-the global sign, the only freedom left: with Coulomb in vacuum the scale is set).
+All models share the backbone, data, split, seed and training budget; they differ only
+in ``--long_range``: ``none`` and ``latent`` by default, and any other head or
+combination through ``--models`` (``qeq``, ``lode``, ``ewald_mp``, ...; charge heads use
+``--charge-width``). Reported on the held-out test set: energy MAE (meV/atom), force MAE
+(meV/Å, over Cartesian components), and for heads with charges the Pearson correlation
+and MAE of the charges against the true +-1 e (after fixing the global sign, the only
+freedom left for latent charges: with Coulomb in vacuum the scale is set).
 
     python benchmarks/accuracy_random_charges.py --quick      # smoke test, < 1 min
     python benchmarks/accuracy_random_charges.py              # full run (see RESULTS.md)
@@ -34,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_common_arguments(parser, n_configs=300, test_fraction=0.1, epochs=80, batch_size=4, max_l=0,
                             models="none,latent")
-    parser.add_argument("--charge-width", type=float, default=0.5, help="latent charge Gaussian std, Å")
+    parser.add_argument("--charge-width", type=float, default=0.5, help="latent / qeq charge Gaussian std, Å")
     parser.add_argument("--accuracy", type=float, default=1e-3, help="--electrostatics_accuracy")
     parser.add_argument("--no-swa", action="store_true", help="no stage two (SWA, higher energy weight)")
     args = parser.parse_args(argv)
@@ -49,7 +51,7 @@ def training_options(args, train_file: Path, test_file: Path, long_range: str) -
                               valid_batch_size=8, error_table="PerAtomMAE", swa=not args.no_swa)
     if long_range != "none":
         options.update(electrostatics_accuracy=args.accuracy)
-    if long_range in ("charges", "latent"):
+    if any(head in long_range.split("+") for head in ("charges", "latent", "qeq")):
         options.update(lr_charge_width=args.charge_width)
     return options
 
@@ -92,7 +94,7 @@ def main(argv=None) -> None:
                                                           args.test_fraction)
     n_valid = int(round(args.valid_fraction * len(train)))
     print(f"{len(train)} train+valid ({len(train) - n_valid} train, ~{n_valid} valid), {len(test)} test; "
-          f"{len(configs[0])} atoms per box")
+          f"{len(test[0])} atoms per box")
 
     trained = tr.train_models(args, workdir, training_options, train_file, test_file)
     predictions = {name: tr.predict(path, test) for name, (path, _) in trained.items()}
