@@ -89,6 +89,39 @@ def test_coulomb_matrix_matches_engine_and_matrix_free_product():
         assert float(0.5 * charges @ matrix @ charges - self_energy) == pytest.approx(float(reference), rel=1e-7)
 
 
+@pytest.mark.parametrize("method,pbc,cache_max_bytes,cached", [
+    ("ewald", (True, True, True), 2e9, "phases"),
+    ("ewald", (True, True, False), 2e9, "phases"),  # slab correction
+    ("ewald", (True, True, True), 10.0, "pme"),  # phase table over the cap: CG falls back to cached PME
+    ("pme", (True, True, True), 2e9, "pme"),
+    ("pme", (True, True, False), 2e9, "pme"),
+])
+@pytest.mark.parametrize("total_charge", [0.0, 1.5])
+def test_products_from_prepared_kspace_factors_equal_full_torchpme_calls(method, pbc, cache_max_bytes, cached,
+                                                                         total_charge):
+    """CG reuses phase factors / PME weights across products; each product must equal a fresh torch-pme call.
+
+    Equal to rounding (1e-12 relative) to the torch-pme call of the method the cache holds; an Ewald
+    table over the cap gives the PME product (accuracy 1e-3 keeps the PME mesh at 64^3 here).
+    """
+    atoms = ion_box(seed=7)
+    rng = np.random.default_rng(2)
+    positions, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
+    widths = torch.tensor(rng.uniform(0.25, 0.42, len(atoms)))
+    charges = torch.tensor(rng.normal(size=(len(atoms), 3)))
+    charges += (total_charge - charges.sum(0)) / len(atoms)
+    operator = GaussianCoulombOperator(cutoff=4.0, accuracy=1e-3, method=method, cache_max_bytes=cache_max_bytes)
+    edges, lengths = full_pair_list(positions, cell, 4.0)
+    pbc = torch.tensor(pbc)
+    same_method = GaussianCoulombOperator(cutoff=4.0, accuracy=1e-3, method="ewald" if cached == "phases" else "pme")
+    reference = same_method.apply(charges, positions, widths, cell, pbc, edges, lengths)
+    cache = operator._prepare_kspace(positions, cell, pbc, charges.shape[1])
+    assert ("cos" in cache) == (cached == "phases")
+    for _ in range(2):  # the cache is reused, not consumed
+        product = operator._apply(charges, positions, widths, cell, pbc, edges, lengths, cache)
+        torch.testing.assert_close(product, reference, rtol=0, atol=1e-12 * float(reference.abs().max()))
+
+
 @pytest.mark.parametrize("periodic", [True, False])
 @pytest.mark.parametrize("total_charge", [0.0, 1.0])
 def test_dense_and_iterative_solvers_match_numpy(periodic, total_charge):

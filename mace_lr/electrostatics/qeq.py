@@ -20,7 +20,8 @@ Solvers (per structure):
   factorisation; differentiable (training, Born charges), O(N^3) time, O(N^2) memory.
 * ``iterative``: Jacobi-preconditioned conjugate gradients on the same two right-hand
   sides; each step is one matrix-vector product ``C p``: torch-pme Ewald (PME above
-  ``pme_threshold`` atoms) for periodic cells, a row-blocked direct sum in open
+  ``pme_threshold`` atoms) for periodic cells, with the phase factors (Ewald) or the mesh
+  interpolation weights (PME) computed once per solve, a row-blocked direct sum in open
   boundaries. Not differentiated: the energy is stationary in q, so forces and stress
   taken with q held fixed are exact (the ``qeq`` head does this); Born charges use
   the adjoint solve of :meth:`GaussianCoulombOperator.charge_response_surrogate`.
@@ -102,6 +103,8 @@ class GaussianCoulombOperator(torch.nn.Module):
             ``ewald``, ``pme``.
         pme_threshold: atoms per periodic structure above which ``auto`` uses PME.
         block: rows per block of the open-boundary direct sum (bounds its memory).
+        cache_max_bytes: largest Ewald phase-factor table (bytes) kept across the
+            products of one CG solve; larger ones make CG use PME (see :meth:`_prepare_kspace`).
 
     All methods act on one structure: positions [N, 3] Å, widths [N] Å (> 0), cell
     [3, 3] Å (rows are lattice vectors), pbc [3] bool, edge_index [2, E] (sender,
@@ -109,7 +112,7 @@ class GaussianCoulombOperator(torch.nn.Module):
     """
 
     def __init__(self, cutoff: float, accuracy: float = 1e-6, method: str = "auto",
-                 pme_threshold: int = 3000, block: int = 2048) -> None:
+                 pme_threshold: int = 3000, block: int = 2048, cache_max_bytes: float = 2.0e9) -> None:
         super().__init__()
         if cutoff <= 0.0:
             raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
@@ -123,6 +126,7 @@ class GaussianCoulombOperator(torch.nn.Module):
         self.pme_threshold = int(pme_threshold)
         self.ewald_max_work = EWALD_MAX_WORK
         self.block = int(block)
+        self.cache_max_bytes = float(cache_max_bytes)
         self.coulomb_constant = COULOMB_CONSTANT
         self.inv_sqrt_pi = _INV_SQRT_PI
         x = _gaussian_tail_argument(SAFETY_FACTOR * accuracy)
@@ -173,6 +177,58 @@ class GaussianCoulombOperator(torch.nn.Module):
         """Whether :meth:`_kspace` takes PME (else Ewald) for ``n`` atoms and ``channels`` charge columns."""
         return self.method == "pme" or (self.method == "auto" and (
             n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n + channels) > self.ewald_max_work))
+
+    def _prepare_kspace(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                        channels: int) -> Dict[str, torch.Tensor]:
+        """Factors of the k-space sum that depend only on positions and cell, for many products (CG).
+
+        Ewald: torch-pme's k-vectors, kernel G(k) / V and the phase factors cos, sin [K, N]
+        (the same tables one torch-pme Ewald call builds). Above :attr:`cache_max_bytes`
+        for those tables, and wherever :meth:`_use_pme` picks PME: torch-pme's PME mesh
+        interpolator, whose weights are computed here once (state kept in ``self.pme``).
+        Products then cost two [K, N] matrix products (Ewald) or one spread, FFT pair and
+        gather (PME) instead of a full torch-pme call. Use with :meth:`_kspace_prepared`.
+        """
+        n = positions.shape[0]
+        volume = torch.abs(torch.linalg.det(cell))
+        cache: Dict[str, torch.Tensor] = {"inverse_volume": 1.0 / volume}
+        if not self._use_pme(n, channels, cell):
+            ns = torch.ceil(torch.linalg.norm(cell, dim=1) / self.lr_wavelength).long()
+            kvectors = torchpme.lib.generate_kvectors_for_ewald(ns=ns, cell=cell)
+            if 16.0 * float(kvectors.shape[0]) * n <= self.cache_max_bytes:
+                phases = kvectors @ positions.transpose(0, 1)
+                cache["kernel"] = self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1)) / volume
+                cache["cos"] = torch.cos(phases)
+                cache["sin"] = torch.sin(phases)
+                return cache
+        ns_mesh = torchpme.lib.get_ns_mesh(cell, self.mesh_spacing)
+        self.pme.mesh_interpolator.update(cell, ns_mesh)
+        self.pme.kspace_filter.update(cell, ns_mesh)
+        self.pme.mesh_interpolator.compute_weights(positions)
+        return cache
+
+    def _kspace_prepared(self, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                         pbc: torch.Tensor, cache: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`_kspace` for charges [N, C] from the factors of :meth:`_prepare_kspace` (same corrections)."""
+        potential_torchpme = self.ewald.potential
+        if "cos" in cache:
+            cos = cache["cos"]
+            sin = cache["sin"]
+            kernel = cache["kernel"].unsqueeze(-1)
+            potential = cos.transpose(0, 1) @ (kernel * (cos @ charges)) \
+                + sin.transpose(0, 1) @ (kernel * (sin @ charges))
+        else:
+            potential_torchpme = self.pme.potential
+            mesh = self.pme.mesh_interpolator.points_to_mesh(particle_weights=charges)
+            potential = self.pme.mesh_interpolator.mesh_to_points(self.pme.kspace_filter.forward(mesh)) \
+                * cache["inverse_volume"]
+        potential = potential - charges * potential_torchpme.self_contribution()
+        potential = potential - 2.0 * potential_torchpme.background_correction() * charges.sum(0) \
+            * cache["inverse_volume"]
+        periodic_arg = torch.jit.annotate(Optional[torch.Tensor], None)
+        if bool((~pbc).any()):
+            periodic_arg = pbc
+        return potential + potential_torchpme.pbc_correction(periodic_arg, positions, cell, charges)
 
     def _remainder_kernel(self, widths: torch.Tensor, edge_index: torch.Tensor, edge_lengths: torch.Tensor) -> torch.Tensor:
         """[erf(r / w_ij) - erf(r / (sqrt 2 sigma))] / r on every edge (Å^-1)."""
@@ -234,11 +290,21 @@ class GaussianCoulombOperator(torch.nn.Module):
     def apply(self, charges: torch.Tensor, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor,
               pbc: torch.Tensor, edge_index: torch.Tensor, edge_lengths: torch.Tensor) -> torch.Tensor:
         """C q [N, K] (V) for charges [N, K] (e), without building C; differentiable."""
+        empty: Dict[str, torch.Tensor] = {}
+        return self._apply(charges, positions, widths, cell, pbc, edge_index, edge_lengths, empty)
+
+    def _apply(self, charges: torch.Tensor, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor,
+               pbc: torch.Tensor, edge_index: torch.Tensor, edge_lengths: torch.Tensor,
+               cache: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`apply`; periodic k-space from ``cache`` (:meth:`_prepare_kspace`) when it is not empty."""
         self_term = charges * (self.inv_sqrt_pi / widths).unsqueeze(-1)
         if self._check_pbc(pbc) == 0:
             return self.coulomb_constant * (_blocked_direct(positions, widths, charges, self.block) + self_term)
         self._check_periodic_widths(widths)
-        potential = self._kspace(charges, positions, cell, pbc)
+        if len(cache) > 0:
+            potential = self._kspace_prepared(charges, positions, cell, pbc, cache)
+        else:
+            potential = self._kspace(charges, positions, cell, pbc)
         if edge_lengths.numel() > 0:
             values = self._remainder_kernel(widths, edge_index, edge_lengths)
             potential = potential.index_add(0, edge_index[1], values.unsqueeze(-1) * charges[edge_index[0]])
@@ -251,11 +317,16 @@ class GaussianCoulombOperator(torch.nn.Module):
 
         Jacobi-preconditioned CG, every column at once; RuntimeError if it has not
         converged after ``max_iterations`` steps. Pass detached inputs (no graph is built).
+        Periodic k-space factors are computed once per solve (:meth:`_prepare_kspace`).
         """
         diagonal = (hardness + self.coulomb_constant * self.inv_sqrt_pi / widths).unsqueeze(-1)
         rhs_norm = torch.linalg.norm(rhs, dim=0).clamp(min=1e-300)
+        cache: Dict[str, torch.Tensor] = {}
+        if self._check_pbc(pbc) > 0:
+            cache = self._prepare_kspace(positions, cell, pbc, rhs.shape[1])
         x = rhs / diagonal
-        residual = rhs - (self.apply(x, positions, widths, cell, pbc, edge_index, edge_lengths) + hardness.unsqueeze(-1) * x)
+        residual = rhs - (self._apply(x, positions, widths, cell, pbc, edge_index, edge_lengths, cache)
+                          + hardness.unsqueeze(-1) * x)
         z = residual / diagonal
         direction = z
         rz = (residual * z).sum(0)
@@ -268,7 +339,7 @@ class GaussianCoulombOperator(torch.nn.Module):
                     + " iterations (relative residual " + str(worst) + "); raise the iteration limit or the "
                     "tolerance, or use the dense solver"
                 )
-            product = self.apply(direction, positions, widths, cell, pbc, edge_index, edge_lengths) \
+            product = self._apply(direction, positions, widths, cell, pbc, edge_index, edge_lengths, cache) \
                 + hardness.unsqueeze(-1) * direction
             alpha = rz / (direction * product).sum(0)
             x = x + alpha * direction

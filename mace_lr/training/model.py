@@ -34,13 +34,57 @@ def element_charges(dataset: Iterable, atomic_numbers: Sequence[int]) -> Optiona
     return {int(z): float(q) for z, q in zip(atomic_numbers, means)}
 
 
+#: Heads whose energy at initialisation holds a large per-element constant that the E0s should absorb.
+HEADS_WITH_ENERGY_OFFSET = ("dipoles",)
+
+
+def absorb_initial_head_energy(model: torch.nn.Module, dataset: Sequence, atomic_numbers: Sequence[int],
+                               max_configs: int = 1000, batch_size: int = 16) -> Optional[torch.Tensor]:
+    """Move the per-element mean of the heads' initial energy into the backbone's E0s.
+
+    The Wannier-centroid head's energy at initialisation is mostly intramolecular Coulomb
+    (about -50 eV per water molecule), a near-constant the fixed E0s fitted to E_ref do
+    not contain; the readout would need huge weights to cancel it. This evaluates the
+    model on up to ``max_configs`` training configurations, fits the electrostatic energy
+    (eV) by least squares on the element counts, and subtracts that per-element shift
+    (eV) from the E0s, so that E0s . counts + E_heads ~ E_ref at the start of training.
+    Returns the shift [num_elements] (None for an empty dataset).
+    """
+    from mace.tools.torch_geometric import DataLoader
+
+    configs = [dataset[i] for i in range(min(len(dataset), max_configs))]
+    if not configs:
+        return None
+    counts, energies = [], []
+    for batch in DataLoader(configs, batch_size=batch_size, shuffle=False, drop_last=False):
+        data = batch.to_dict()
+        data.pop("bec", None)
+        output = model(data, training=False, compute_force=False)
+        num_graphs = int(data["ptr"].numel()) - 1
+        one_hot = data["node_attrs"].to(torch.float64)
+        counts.append(torch.zeros(num_graphs, one_hot.shape[1], dtype=torch.float64).index_add(0, data["batch"], one_hot))
+        energies.append(output["electrostatic_energy"].detach().to(torch.float64))
+    matrix, target = torch.cat(counts), torch.cat(energies)
+    shift = torch.linalg.lstsq(matrix, target.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+    buffer = model.backbone.atomic_energies_fn.atomic_energies
+    with torch.no_grad():
+        buffer.sub_(shift.to(buffer.dtype))
+    residual = target - matrix @ shift
+    logging.info("E0s shifted by the heads' initial energy per element (eV): %s; remaining spread %.3f eV (std over "
+                 "%d configurations)", {int(z): round(float(e), 3) for z, e in zip(atomic_numbers, shift)},
+                 float(residual.std()) if residual.numel() > 1 else 0.0, len(configs))
+    return shift
+
+
 def wrap_backbone(
     backbone: torch.nn.Module, settings: LongRangeTraining, train_dataset: Iterable
 ) -> torch.nn.Module:
     """``build_macelr(backbone, ...)`` with element charges from ``train_dataset``.
 
     The backbone is returned as it is when no head is requested. Only the ``charges``
-    head uses the element charges (initial offsets), so only then is the data scanned.
+    head uses the element charges (initial offsets), so only then is the data scanned for
+    them; heads in :data:`HEADS_WITH_ENERGY_OFFSET` have their initial energy moved into
+    the E0s (:func:`absorb_initial_head_energy`).
     """
     if not settings.active:
         return backbone
@@ -49,6 +93,8 @@ def wrap_backbone(
     if charges is not None:
         logging.info("Mean reference charge per element (e): %s", {z: round(q, 4) for z, q in charges.items()})
     model = build_macelr(backbone, settings.long_range, element_charges=charges)
+    if any(head in HEADS_WITH_ENERGY_OFFSET for head in settings.long_range.heads):
+        absorb_initial_head_energy(model, train_dataset, atomic_numbers)
     logging.info("Long-range heads: %s (%d parameters)", "+".join(settings.long_range.heads) or "none",
                  sum(p.numel() for p in model.long_range_heads.parameters()))
     if model.field_conditioned:
