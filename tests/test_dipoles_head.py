@@ -162,3 +162,29 @@ def test_every_head_parameter_gets_a_gradient_from_energy_and_dipole():
     loss.backward()
     for name, parameter in model.long_range_heads.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().max() > 0.0, name
+
+
+def test_initial_head_energy_moves_into_the_e0s():
+    """The E0s lose the per-element least-squares fit of the heads' initial energy (float64, 1e-8 eV)."""
+    from mace import data as mace_data
+    from mace import tools
+
+    from mace_lr.training.model import absorb_initial_head_energy
+
+    model = water_model()
+    z_table = tools.AtomicNumberTable([1, 8])
+    clusters = [molecule("H2O"), water_pair(), water_pair(offset=(0.4, 3.1, -0.5), seed=4)]
+    for atoms in clusters[1:]:
+        atoms.rattle(0.02, seed=7)
+    items = [mace_data.AtomicData.from_config(mace_data.config_from_atoms(atoms), z_table=z_table, cutoff=4.0,
+                                              heads=["Default"]) for atoms in clusters]
+    before = model(batch_dict(clusters, model), compute_force=False)
+    head_energy = before["electrostatic_energy"].detach()
+    counts = torch.tensor([[2.0, 1.0], [4.0, 2.0], [4.0, 2.0]], dtype=torch.float64)
+    shift = absorb_initial_head_energy(model, items, [1, 8], batch_size=2)
+    after = model(batch_dict(clusters, model), compute_force=False)
+    # the H2O stoichiometry fixes only 2 s_H + s_O: minimum-norm least squares
+    expected = torch.linalg.lstsq(counts, head_energy.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+    torch.testing.assert_close(shift, expected, rtol=0, atol=1e-8)
+    torch.testing.assert_close(after["energy"], before["energy"] - counts @ shift, rtol=0, atol=1e-8)
+    assert float(head_energy.abs().min()) > 10.0  # tens of eV of intramolecular Coulomb were at stake

@@ -34,17 +34,14 @@ def element_charges(dataset: Iterable, atomic_numbers: Sequence[int]) -> Optiona
     return {int(z): float(q) for z, q in zip(atomic_numbers, means)}
 
 
-#: Heads whose energy at initialisation holds a large per-element constant that the E0s should absorb.
-HEADS_WITH_ENERGY_OFFSET = ("dipoles",)
-
-
 def absorb_initial_head_energy(model: torch.nn.Module, dataset: Sequence, atomic_numbers: Sequence[int],
                                max_configs: int = 1000, batch_size: int = 16) -> Optional[torch.Tensor]:
-    """Move the per-element mean of the heads' initial energy into the backbone's E0s.
+    """Move the per-element mean of the heads' initial electrostatic energy into the backbone's E0s.
 
-    The Wannier-centroid head's energy at initialisation is mostly intramolecular Coulomb
-    (about -50 eV per water molecule), a near-constant the fixed E0s fitted to E_ref do
-    not contain; the readout would need huge weights to cancel it. This evaluates the
+    A head's energy at initialisation is largely intramolecular Coulomb (the Wannier-centroid
+    head: about -50 eV per water molecule; element charges of -0.6/+0.3 e: a few eV), a
+    near-constant the fixed E0s fitted to E_ref do not contain, which the readout would
+    otherwise have to learn to cancel with large weights. This evaluates the
     model on up to ``max_configs`` training configurations, fits the electrostatic energy
     (eV) by least squares on the element counts, and subtracts that per-element shift
     (eV) from the E0s, so that E0s . counts + E_heads ~ E_ref at the start of training.
@@ -83,8 +80,8 @@ def wrap_backbone(
 
     The backbone is returned as it is when no head is requested. Only the ``charges``
     head uses the element charges (initial offsets), so only then is the data scanned for
-    them; heads in :data:`HEADS_WITH_ENERGY_OFFSET` have their initial energy moved into
-    the E0s (:func:`absorb_initial_head_energy`).
+    them. The heads' initial electrostatic energy is moved into the E0s
+    (:func:`absorb_initial_head_energy`).
     """
     if not settings.active:
         return backbone
@@ -93,7 +90,7 @@ def wrap_backbone(
     if charges is not None:
         logging.info("Mean reference charge per element (e): %s", {z: round(q, 4) for z, q in charges.items()})
     model = build_macelr(backbone, settings.long_range, element_charges=charges)
-    if any(head in HEADS_WITH_ENERGY_OFFSET for head in settings.long_range.heads):
+    if settings.long_range.heads:
         absorb_initial_head_energy(model, train_dataset, atomic_numbers)
     logging.info("Long-range heads: %s (%d parameters)", "+".join(settings.long_range.heads) or "none",
                  sum(p.numel() for p in model.long_range_heads.parameters()))
