@@ -37,6 +37,7 @@ SIZES = [100, 300, 1000, 3000, 10000]
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(str(n) for n in SIZES))
+    parser.add_argument("--boundaries", default="periodic,open", help="comma-separated: periodic, open")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accuracy", type=float, default=1e-5)
     parser.add_argument("--tolerance", type=float, default=1e-8)
@@ -93,7 +94,7 @@ def main(args: argparse.Namespace) -> None:
     for n_atoms in [int(n) for n in args.sizes.split(",")]:
         positions, sign, length = lattice_ions(n_atoms)
         rng = np.random.default_rng(1)
-        for periodic in (True, False):
+        for periodic in [name == "periodic" for name in args.boundaries.split(",")]:
             inputs = dict(positions=torch.tensor(positions), electronegativity=torch.tensor(sign + 0.2 * rng.normal(size=n_atoms)),
                           hardness=torch.full((n_atoms,), 5.0), widths=torch.full((n_atoms,), 0.5),
                           cell=torch.eye(3) * length, pbc=torch.tensor([periodic] * 3), total_charge=0.0)

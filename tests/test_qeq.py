@@ -95,11 +95,12 @@ def test_coulomb_matrix_matches_engine_and_matrix_free_product():
     ("ewald", (True, True, True), 10.0, "pme"),  # phase table over the cap: CG falls back to cached PME
     ("pme", (True, True, True), 2e9, "pme"),
     ("pme", (True, True, False), 2e9, "pme"),
+    ("ewald", (False, False, False), 2e9, "direct"),  # open boundaries: the pair kernel is kept
 ])
 @pytest.mark.parametrize("total_charge", [0.0, 1.5])
 def test_products_from_prepared_kspace_factors_equal_full_torchpme_calls(method, pbc, cache_max_bytes, cached,
                                                                          total_charge):
-    """CG reuses phase factors / PME weights across products; each product must equal a fresh torch-pme call.
+    """CG reuses phase factors / PME weights / the open pair kernel across products; each must equal a fresh call.
 
     Equal to rounding (1e-12 relative) to the torch-pme call of the method the cache holds; an Ewald
     table over the cap gives the PME product (accuracy 1e-3 keeps the PME mesh at 64^3 here).
@@ -113,10 +114,12 @@ def test_products_from_prepared_kspace_factors_equal_full_torchpme_calls(method,
     operator = GaussianCoulombOperator(cutoff=4.0, accuracy=1e-3, method=method, cache_max_bytes=cache_max_bytes)
     edges, lengths = full_pair_list(positions, cell, 4.0)
     pbc = torch.tensor(pbc)
-    same_method = GaussianCoulombOperator(cutoff=4.0, accuracy=1e-3, method="ewald" if cached == "phases" else "pme")
+    same_method = GaussianCoulombOperator(cutoff=4.0, accuracy=1e-3, method="pme" if cached == "pme" else "ewald")
+    if cached == "direct":
+        edges, lengths = edges[:, :0], lengths[:0]
+    cache = operator._prepare_products(positions, widths, cell, pbc, charges.shape[1])
     reference = same_method.apply(charges, positions, widths, cell, pbc, edges, lengths)
-    cache = operator._prepare_kspace(positions, cell, pbc, charges.shape[1])
-    assert ("cos" in cache) == (cached == "phases")
+    assert ("cos" in cache) == (cached == "phases") and ("direct" in cache) == (cached == "direct")
     for _ in range(2):  # the cache is reused, not consumed
         product = operator._apply(charges, positions, widths, cell, pbc, edges, lengths, cache)
         torch.testing.assert_close(product, reference, rtol=0, atol=1e-12 * float(reference.abs().max()))

@@ -22,7 +22,7 @@ Solvers (per structure):
   sides; each step is one matrix-vector product ``C p``: torch-pme Ewald (PME above
   ``pme_threshold`` atoms) for periodic cells, with the phase factors (Ewald) or the mesh
   interpolation weights (PME) computed once per solve, a row-blocked direct sum in open
-  boundaries. Not differentiated: the energy is stationary in q, so forces and stress
+  boundaries (its pair kernel kept across the solve while N^2 doubles fit in ``cache_max_bytes``). Not differentiated: the energy is stationary in q, so forces and stress
   taken with q held fixed are exact (the ``qeq`` head does this); Born charges use
   the adjoint solve of :meth:`GaussianCoulombOperator.charge_response_surrogate`.
 
@@ -103,8 +103,9 @@ class GaussianCoulombOperator(torch.nn.Module):
             ``ewald``, ``pme``.
         pme_threshold: atoms per periodic structure above which ``auto`` uses PME.
         block: rows per block of the open-boundary direct sum (bounds its memory).
-        cache_max_bytes: largest Ewald phase-factor table (bytes) kept across the
-            products of one CG solve; larger ones make CG use PME (see :meth:`_prepare_kspace`).
+        cache_max_bytes: largest table (bytes) kept across the products of one CG solve:
+            Ewald phase factors (larger ones make CG use PME, see :meth:`_prepare_kspace`) or
+            the open-boundary pair kernel (larger ones are recomputed per product, in blocks).
 
     All methods act on one structure: positions [N, 3] Å, widths [N] Å (> 0), cell
     [3, 3] Å (rows are lattice vectors), pbc [3] bool, edge_index [2, E] (sender,
@@ -177,6 +178,23 @@ class GaussianCoulombOperator(torch.nn.Module):
         """Whether :meth:`_kspace` takes PME (else Ewald) for ``n`` atoms and ``channels`` charge columns."""
         return self.method == "pme" or (self.method == "auto" and (
             n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n + channels) > self.ewald_max_work))
+
+    def _prepare_products(self, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                          channels: int) -> Dict[str, torch.Tensor]:
+        """What :meth:`_apply` can reuse across the products of one solve (empty: nothing).
+
+        Periodic: :meth:`_prepare_kspace`. Open boundaries: the pair kernel [N, N] (the dense
+        C without its diagonal, Å^-1) if it fits in :attr:`cache_max_bytes`; products are then
+        matrix products instead of blocked erf sums.
+        """
+        if self._check_pbc(pbc) > 0:
+            return self._prepare_kspace(positions, cell, pbc, channels)
+        cache: Dict[str, torch.Tensor] = {}
+        n = positions.shape[0]
+        if 8.0 * n * n <= self.cache_max_bytes:
+            identity = torch.eye(n, dtype=positions.dtype, device=positions.device)
+            cache["direct"] = _blocked_direct(positions, widths, identity, self.block)
+        return cache
 
     def _prepare_kspace(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                         channels: int) -> Dict[str, torch.Tensor]:
@@ -299,6 +317,8 @@ class GaussianCoulombOperator(torch.nn.Module):
         """:meth:`apply`; periodic k-space from ``cache`` (:meth:`_prepare_kspace`) when it is not empty."""
         self_term = charges * (self.inv_sqrt_pi / widths).unsqueeze(-1)
         if self._check_pbc(pbc) == 0:
+            if "direct" in cache:
+                return self.coulomb_constant * (cache["direct"] @ charges + self_term)
             return self.coulomb_constant * (_blocked_direct(positions, widths, charges, self.block) + self_term)
         self._check_periodic_widths(widths)
         if len(cache) > 0:
@@ -317,13 +337,12 @@ class GaussianCoulombOperator(torch.nn.Module):
 
         Jacobi-preconditioned CG, every column at once; RuntimeError if it has not
         converged after ``max_iterations`` steps. Pass detached inputs (no graph is built).
-        Periodic k-space factors are computed once per solve (:meth:`_prepare_kspace`).
+        Periodic k-space factors are computed once per solve (:meth:`_prepare_kspace`); in open
+        boundaries the pair kernel [N, N] is, if it fits in :attr:`cache_max_bytes`.
         """
         diagonal = (hardness + self.coulomb_constant * self.inv_sqrt_pi / widths).unsqueeze(-1)
         rhs_norm = torch.linalg.norm(rhs, dim=0).clamp(min=1e-300)
-        cache: Dict[str, torch.Tensor] = {}
-        if self._check_pbc(pbc) > 0:
-            cache = self._prepare_kspace(positions, cell, pbc, rhs.shape[1])
+        cache = self._prepare_products(positions, widths, cell, pbc, rhs.shape[1])
         x = rhs / diagonal
         residual = rhs - (self._apply(x, positions, widths, cell, pbc, edge_index, edge_lengths, cache)
                           + hardness.unsqueeze(-1) * x)
