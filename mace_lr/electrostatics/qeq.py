@@ -74,21 +74,34 @@ def dense_equilibration(matrix: torch.Tensor, chi: torch.Tensor, total_charge: t
     return x + mu * y, mu
 
 
+def _direct_kernel_rows(positions: torch.Tensor, widths: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """erf(r_ij / w_ij) / r_ij [stop - start, N] for rows i in [start, stop), 0 on i = j (Å^-1)."""
+    n = positions.shape[0]
+    diff = positions[start:stop].unsqueeze(1) - positions.unsqueeze(0)
+    squared = (diff * diff).sum(-1)
+    rows = torch.arange(start, stop, device=positions.device)
+    self_pair = rows.unsqueeze(1) == torch.arange(n, device=positions.device).unsqueeze(0)
+    distances = torch.sqrt(torch.where(self_pair, torch.ones_like(squared), squared))
+    pair_width = torch.sqrt(2.0 * (widths[start:stop].unsqueeze(1) ** 2 + widths.unsqueeze(0) ** 2))
+    return torch.where(self_pair, torch.zeros_like(squared), torch.erf(distances / pair_width) / distances)
+
+
 def _blocked_direct(positions: torch.Tensor, widths: torch.Tensor, charges: torch.Tensor, block: int) -> torch.Tensor:
     """sum_j erf(r_ij / w_ij) / r_ij q_jc over j != i, rows in blocks (Å^-1 e); charges [N, C]."""
     n = positions.shape[0]
     out: List[torch.Tensor] = []
     for start in range(0, n, block):
-        stop = min(start + block, n)
-        diff = positions[start:stop].unsqueeze(1) - positions.unsqueeze(0)
-        squared = (diff * diff).sum(-1)
-        rows = torch.arange(start, stop, device=positions.device)
-        self_pair = rows.unsqueeze(1) == torch.arange(n, device=positions.device).unsqueeze(0)
-        distances = torch.sqrt(torch.where(self_pair, torch.ones_like(squared), squared))
-        pair_width = torch.sqrt(2.0 * (widths[start:stop].unsqueeze(1) ** 2 + widths.unsqueeze(0) ** 2))
-        kernel = torch.where(self_pair, torch.zeros_like(squared), torch.erf(distances / pair_width) / distances)
-        out.append(kernel @ charges)
+        out.append(_direct_kernel_rows(positions, widths, start, min(start + block, n)) @ charges)
     return torch.cat(out, dim=0)
+
+
+def _direct_kernel(positions: torch.Tensor, widths: torch.Tensor, block: int) -> torch.Tensor:
+    """The whole pair kernel [N, N] of :func:`_blocked_direct` (Å^-1), built in row blocks."""
+    n = positions.shape[0]
+    rows: List[torch.Tensor] = []
+    for start in range(0, n, block):
+        rows.append(_direct_kernel_rows(positions, widths, start, min(start + block, n)))
+    return torch.cat(rows, dim=0)
 
 
 class GaussianCoulombOperator(torch.nn.Module):
@@ -192,8 +205,7 @@ class GaussianCoulombOperator(torch.nn.Module):
         cache: Dict[str, torch.Tensor] = {}
         n = positions.shape[0]
         if 8.0 * n * n <= self.cache_max_bytes:
-            identity = torch.eye(n, dtype=positions.dtype, device=positions.device)
-            cache["direct"] = _blocked_direct(positions, widths, identity, self.block)
+            cache["direct"] = _direct_kernel(positions, widths, self.block)
         return cache
 
     def _prepare_kspace(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
@@ -288,13 +300,7 @@ class GaussianCoulombOperator(torch.nn.Module):
         n = positions.shape[0]
         self_energy = torch.diag(self.inv_sqrt_pi / widths)
         if self._check_pbc(pbc) == 0:
-            diff = positions.unsqueeze(1) - positions.unsqueeze(0)
-            squared = (diff * diff).sum(-1)
-            diagonal = torch.eye(n, dtype=torch.bool, device=positions.device)
-            distances = torch.sqrt(torch.where(diagonal, torch.ones_like(squared), squared))
-            pair_width = torch.sqrt(2.0 * (widths.unsqueeze(1) ** 2 + widths.unsqueeze(0) ** 2))
-            kernel = torch.where(diagonal, torch.zeros_like(squared), torch.erf(distances / pair_width) / distances)
-            return self.coulomb_constant * (kernel + self_energy)
+            return self.coulomb_constant * (_direct_kernel_rows(positions, widths, 0, n) + self_energy)
         self._check_periodic_widths(widths)
         identity = torch.eye(n, dtype=positions.dtype, device=positions.device)
         smooth = self._kspace(identity, positions, cell, pbc)
@@ -430,6 +436,28 @@ def _choose_dense(solver: str, n_atoms: int, dense_max_atoms: int) -> bool:
     return solver == "dense" or (solver == "auto" and n_atoms <= dense_max_atoms)
 
 
+def standalone_operator(positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                        accuracy: float) -> GaussianCoulombOperator:
+    """The operator :func:`equilibrate_charges` uses for one structure (Å, e).
+
+    Its cutoff: the engine's cost-balanced Ewald/PME cutoff for a 3D cell
+    (:func:`.parameters.choose_parameters`), or longer if the widest Gaussian pair needs
+    it; Ewald up to :data:`.coulomb.PME_THRESHOLD` atoms, PME above.
+    """
+    from .coulomb import PME_THRESHOLD
+    from .parameters import choose_parameters
+
+    n = positions.shape[0]
+    x = _gaussian_tail_argument(SAFETY_FACTOR * accuracy)
+    cutoff = math.sqrt(2.0) * x * float(widths.max()) * (1.0 + 1e-6)  # the widest pair must fit inside
+    method = "pme" if n > PME_THRESHOLD else "ewald"
+    if bool(pbc.all()):  # the engine's cost-balanced splitting, if it is wider
+        alternating = torch.ones(n, dtype=positions.dtype)
+        alternating[1::2] = -1.0
+        cutoff = max(cutoff, choose_parameters(method, positions.detach(), alternating, cell.detach(), accuracy).cutoff)
+    return GaussianCoulombOperator(cutoff=cutoff, accuracy=accuracy, method=method)
+
+
 def equilibrate_charges(
     positions: torch.Tensor,
     electronegativity: torch.Tensor,
@@ -454,9 +482,7 @@ def equilibrate_charges(
     E(q) of the module docstring), ``iterations``. The dense solver is differentiable
     in all inputs; the iterative one returns charges without gradient.
     """
-    from .coulomb import PME_THRESHOLD
     from .neighbors import half_neighbor_list
-    from .parameters import choose_parameters
     from .validation import ElectrostaticsInputError
 
     positions = torch.as_tensor(positions)
@@ -476,14 +502,8 @@ def equilibrate_charges(
         raise ElectrostaticsInputError("hardness must be >= 0 eV/e^2 (negative values can make the problem unbounded)")
     cell = torch.zeros((3, 3), dtype=dtype) if cell is None else torch.as_tensor(cell, dtype=dtype)
     pbc = torch.zeros(3, dtype=torch.bool) if pbc is None else torch.as_tensor(pbc, dtype=torch.bool)
-    x = _gaussian_tail_argument(SAFETY_FACTOR * accuracy)
-    cutoff = math.sqrt(2.0) * x * float(widths.max()) * (1.0 + 1e-6)  # the widest pair must fit inside
-    method = "pme" if n > PME_THRESHOLD else "ewald"
-    if bool(pbc.all()):  # the engine's cost-balanced splitting, if it is wider
-        alternating = torch.ones(n, dtype=dtype)
-        alternating[1::2] = -1.0
-        cutoff = max(cutoff, choose_parameters(method, positions.detach(), alternating, cell.detach(), accuracy).cutoff)
-    operator = GaussianCoulombOperator(cutoff=cutoff, accuracy=accuracy, method=method)
+    operator = standalone_operator(positions, widths, cell, pbc, accuracy)
+    cutoff = operator.cutoff
     edge_index = torch.zeros((2, 0), dtype=torch.long)
     lengths = torch.zeros(0, dtype=dtype)
     if bool(pbc.any()):
@@ -499,4 +519,5 @@ def equilibrate_charges(
     return result
 
 
-__all__ = ["DENSE_MAX_ATOMS", "SOLVERS", "GaussianCoulombOperator", "dense_equilibration", "equilibrate_charges"]
+__all__ = ["DENSE_MAX_ATOMS", "SOLVERS", "GaussianCoulombOperator", "dense_equilibration", "equilibrate_charges",
+           "standalone_operator"]
