@@ -121,7 +121,7 @@ def test_products_from_prepared_kspace_factors_equal_full_torchpme_calls(method,
     reference = same_method.apply(charges, positions, widths, cell, pbc, edges, lengths)
     assert ("cos" in cache) == (cached == "phases") and ("direct" in cache) == (cached == "direct")
     for _ in range(2):  # the cache is reused, not consumed
-        product = operator._apply(charges, positions, widths, cell, pbc, edges, lengths, cache)
+        product = operator._product(charges, positions, widths, cell, pbc, edges, lengths, cache)
         torch.testing.assert_close(product, reference, rtol=0, atol=1e-12 * float(reference.abs().max()))
 
 

@@ -194,7 +194,7 @@ class GaussianCoulombOperator(torch.nn.Module):
 
     def _prepare_products(self, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                           channels: int) -> Dict[str, torch.Tensor]:
-        """What :meth:`_apply` can reuse across the products of one solve (empty: nothing).
+        """What :meth:`_product` can reuse across the products of one solve (empty: nothing).
 
         Periodic: :meth:`_prepare_kspace`. Open boundaries: the pair kernel [N, N] (the dense
         C without its diagonal, Å^-1) if it fits in :attr:`cache_max_bytes`; products are then
@@ -240,6 +240,7 @@ class GaussianCoulombOperator(torch.nn.Module):
     def _kspace_prepared(self, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                          pbc: torch.Tensor, cache: Dict[str, torch.Tensor]) -> torch.Tensor:
         """:meth:`_kspace` for charges [N, C] from the factors of :meth:`_prepare_kspace` (same corrections)."""
+        # the Ewald and PME calculators hold the same CoulombPotential(smearing): same corrections
         potential_torchpme = self.ewald.potential
         if "cos" in cache:
             cos = cache["cos"]
@@ -248,7 +249,6 @@ class GaussianCoulombOperator(torch.nn.Module):
             potential = cos.transpose(0, 1) @ (kernel * (cos @ charges)) \
                 + sin.transpose(0, 1) @ (kernel * (sin @ charges))
         else:
-            potential_torchpme = self.pme.potential
             mesh = self.pme.mesh_interpolator.points_to_mesh(particle_weights=charges)
             potential = self.pme.mesh_interpolator.mesh_to_points(self.pme.kspace_filter.forward(mesh)) \
                 * cache["inverse_volume"]
@@ -315,9 +315,9 @@ class GaussianCoulombOperator(torch.nn.Module):
               pbc: torch.Tensor, edge_index: torch.Tensor, edge_lengths: torch.Tensor) -> torch.Tensor:
         """C q [N, K] (V) for charges [N, K] (e), without building C; differentiable."""
         empty: Dict[str, torch.Tensor] = {}
-        return self._apply(charges, positions, widths, cell, pbc, edge_index, edge_lengths, empty)
+        return self._product(charges, positions, widths, cell, pbc, edge_index, edge_lengths, empty)
 
-    def _apply(self, charges: torch.Tensor, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor,
+    def _product(self, charges: torch.Tensor, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor,
                pbc: torch.Tensor, edge_index: torch.Tensor, edge_lengths: torch.Tensor,
                cache: Dict[str, torch.Tensor]) -> torch.Tensor:
         """:meth:`apply`; periodic k-space from ``cache`` (:meth:`_prepare_kspace`) when it is not empty."""
@@ -350,7 +350,7 @@ class GaussianCoulombOperator(torch.nn.Module):
         rhs_norm = torch.linalg.norm(rhs, dim=0).clamp(min=1e-300)
         cache = self._prepare_products(positions, widths, cell, pbc, rhs.shape[1])
         x = rhs / diagonal
-        residual = rhs - (self._apply(x, positions, widths, cell, pbc, edge_index, edge_lengths, cache)
+        residual = rhs - (self._product(x, positions, widths, cell, pbc, edge_index, edge_lengths, cache)
                           + hardness.unsqueeze(-1) * x)
         z = residual / diagonal
         direction = z
@@ -364,7 +364,7 @@ class GaussianCoulombOperator(torch.nn.Module):
                     + " iterations (relative residual " + str(worst) + "); raise the iteration limit or the "
                     "tolerance, or use the dense solver"
                 )
-            product = self._apply(direction, positions, widths, cell, pbc, edge_index, edge_lengths, cache) \
+            product = self._product(direction, positions, widths, cell, pbc, edge_index, edge_lengths, cache) \
                 + hardness.unsqueeze(-1) * direction
             alpha = rz / (direction * product).sum(0)
             x = x + alpha * direction
