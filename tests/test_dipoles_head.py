@@ -23,12 +23,18 @@ from model_helpers import batch_dict, tiny_backbone
 WATER = dict(wannier_ion_charges=((1, 1.0), (8, 6.0)), wannier_centroid_charges=((8, -8.0),))
 
 
-def water_model(width: float = 0.5, seed: int = 0, **config):
+ATOMIC = dict(dipoles_mode="atomic", wannier_ion_charges=((1, 0.4), (8, -0.8)))  # SPC-like ions
+MODES = ["centroids", "atomic"]
+
+
+def water_model(width: float = 0.5, seed: int = 0, mode: str = "centroids", **config):
+    settings = WATER if mode == "centroids" else ATOMIC
     model = build_macelr(tiny_backbone(atomic_numbers=(1, 8), seed=seed),
-                         LongRangeConfig(heads=("dipoles",), charge_width=width, **WATER, **config))
-    with torch.no_grad():  # centroids ~0.1-0.3 Å off the O, as in water
-        for parameter in model.long_range_heads[0].displacement.parameters():
-            parameter.mul_(300.0)
+                         LongRangeConfig(heads=("dipoles",), charge_width=width, **settings, **config))
+    head = model.long_range_heads[0]
+    with torch.no_grad():  # centroids ~0.1-0.3 Å off the O, as in water; atomic dipoles of ~0.1-0.5 e·Å
+        for parameter in (head.displacement if mode == "centroids" else head.dipole_map).parameters():
+            parameter.mul_(300.0 if mode == "centroids" else 100.0)
     return model
 
 
@@ -77,6 +83,48 @@ def test_dipole_includes_the_centroids_and_born_charges_are_its_derivative():
         np.testing.assert_allclose(bec[i, a], (dipoles[0] - dipoles[1]) / (2 * h), atol=1e-6)
 
 
+def test_atomic_dipoles_enter_the_dipole_and_born_charges_are_its_derivative():
+    model = water_model(mode="atomic")
+    atoms = water_pair()
+    out = model(batch_dict([atoms], model), compute_bec=True)
+    charges = out["charges"].detach().numpy()
+    np.testing.assert_allclose(charges, [-0.8, 0.4, 0.4, -0.8, 0.4, 0.4], atol=1e-12)
+    head = model.long_range_heads[0]
+    batch = batch_dict([atoms], model)
+    dipoles = head.dipole_map(model.backbone(batch, compute_force=False)["node_feats"]).detach().numpy()
+    assert 0.05 < np.abs(dipoles).max() < 1.0  # e·Å: atomic dipoles of a realistic size
+    np.testing.assert_allclose(out["dipole"][0].detach().numpy(), charges @ atoms.positions + dipoles.sum(0),
+                               atol=1e-10)
+    bec = out["bec"].detach().numpy()
+    np.testing.assert_allclose(bec.sum(0), np.zeros((3, 3)), atol=1e-9)  # neutral: translation moves nothing
+    h = 1e-5
+    for i, a in [(0, 2), (1, 0), (3, 1)]:
+        moved_dipoles = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[i, a] += sign * h
+            moved_dipoles.append(model(batch_dict([moved], model))["dipole"][0].detach().numpy())
+        np.testing.assert_allclose(bec[i, a], (moved_dipoles[0] - moved_dipoles[1]) / (2 * h), atol=1e-6)
+
+
+def test_atomic_dipole_mode_settings_are_checked():
+    from mace_lr.training.settings import build_parser, settings_from_args
+
+    args = build_parser().parse_args(["--name=t", "--train_file=x.xyz", "--max_L=1", "--long_range=dipoles",
+                                      "--dipoles_mode=atomic", "--wannier_ion_charges=1:0.4,8:-0.8"])
+    config = settings_from_args(args).long_range
+    assert config.dipoles_mode == "atomic" and config.wannier_ion_charges == ((1, 0.4), (8, -0.8))
+    with pytest.raises(ValueError, match="belong to --dipoles_mode centroids"):
+        LongRangeConfig(heads=("dipoles",), dipoles_mode="atomic", wannier_centroid_charges=((8, -8.0),))
+    with pytest.raises(ValueError, match="dipoles_mode must be one of"):
+        LongRangeConfig(heads=("dipoles",), dipoles_mode="wannier")
+    model = water_model(mode="atomic")
+    slab = water_box()
+    slab.pbc = (True, True, False)
+    with pytest.raises(RuntimeError, match="not slabs"):
+        model(batch_dict([slab], model))
+
+
 def head_features(model, atoms):
     """The node features the head sees (backbone run as in MACELR)."""
     batch = batch_dict([atoms], model)
@@ -86,9 +134,10 @@ def head_features(model, atoms):
     return features * centroid.unsqueeze(-1)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("periodic", [False, True])
-def test_forces_and_stress_are_energy_derivatives(periodic):
-    model = water_model()
+def test_forces_and_stress_are_energy_derivatives(periodic, mode):
+    model = water_model(mode=mode)
     atoms = water_box() if periodic else water_pair()
     out = model(batch_dict([atoms], model), compute_stress=periodic)
     forces = out["forces"].detach().numpy()
@@ -104,8 +153,9 @@ def test_forces_and_stress_are_energy_derivatives(periodic):
             assert stress[a, b] == pytest.approx(fd_stress(energy_of, atoms, a, b), abs=1e-7)
 
 
-def test_rotation_translation_and_torchscript():
-    model = water_model()
+@pytest.mark.parametrize("mode", MODES)
+def test_rotation_translation_and_torchscript(mode):
+    model = water_model(mode=mode)
     atoms = water_pair()
     rotation = Rotation.from_euler("xyz", [0.3, -0.8, 1.9]).as_matrix()
     moved = atoms.copy()
@@ -123,8 +173,9 @@ def test_rotation_translation_and_torchscript():
         np.testing.assert_allclose(scripted[key].detach(), reference[key].detach(), atol=1e-12, err_msg=key)
 
 
-def test_field_term_and_atomic_energies():
-    model = water_model()
+@pytest.mark.parametrize("mode", MODES)
+def test_field_term_and_atomic_energies(mode):
+    model = water_model(mode=mode)
     atoms = water_pair()
     field = np.array([0.02, -0.01, 0.03])
     zero = model(batch_dict([atoms], model))
@@ -155,8 +206,9 @@ def test_bad_configurations_are_clear_errors():
         model(batch_dict([charged], model))
 
 
-def test_every_head_parameter_gets_a_gradient_from_energy_and_dipole():
-    model = water_model()
+@pytest.mark.parametrize("mode", MODES)
+def test_every_head_parameter_gets_a_gradient_from_energy_and_dipole(mode):
+    model = water_model(mode=mode)
     out = model(batch_dict([water_pair(), water_pair(offset=(0.3, 3.0, -0.5), seed=3)], model), training=True)
     loss = out["energy"].square().sum() + out["dipole"].square().sum() + out["forces"].square().sum()
     loss.backward()

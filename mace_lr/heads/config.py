@@ -11,6 +11,7 @@ HEAD_NAMES: tuple[str, ...] = ("charges", "latent", "qeq", "dipoles", "lode", "e
 #: Heads that set the charges of the whole structure: they cannot be combined with other charge heads.
 EXCLUSIVE_CHARGE_HEADS: tuple[str, ...] = ("qeq", "dipoles")
 CHARGE_HEADS: tuple[str, ...] = ("charges", "latent", "qeq", "dipoles")
+DIPOLES_MODES: tuple[str, ...] = ("centroids", "atomic")
 
 QEQ_SOLVERS: tuple[str, ...] = ("auto", "dense", "iterative")
 
@@ -44,6 +45,8 @@ class LongRangeConfig:
     wannier_ion_charges: ``dipoles`` head: ((Z, charge in e), ...) fixed ionic charges.
     wannier_centroid_charges: ``dipoles`` head: ((Z, charge in e), ...) charge of the one
         Wannier centroid each atom of that element carries (e.g. ((8, -8.0),) for water).
+    dipoles_mode: ``dipoles`` head: ``centroids`` (DPLR-style Wannier centroids) or
+        ``atomic`` (a Gaussian point dipole on every atom, plus the fixed ionic charges).
     """
 
     heads: tuple[str, ...] = ()
@@ -64,6 +67,7 @@ class LongRangeConfig:
     field_layers: tuple[int, ...] = ()
     wannier_ion_charges: tuple[tuple[int, float], ...] = ()
     wannier_centroid_charges: tuple[tuple[int, float], ...] = ()
+    dipoles_mode: str = "centroids"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,9 +96,15 @@ class LongRangeConfig:
             raise ValueError(f"field_layers must be layer indices >= 0, got {self.field_layers}")
         if self.field_layers and not self.field_conditioned:
             raise ValueError("field_layers is set but field_conditioned is False")
-        if "dipoles" in self.heads and not any(q != 0.0 for _, q in self.wannier_centroid_charges):
+        if self.dipoles_mode not in DIPOLES_MODES:
+            raise ValueError(f"dipoles_mode must be one of {DIPOLES_MODES}, got {self.dipoles_mode!r}")
+        if "dipoles" in self.heads and self.dipoles_mode == "centroids" and not any(
+                q != 0.0 for _, q in self.wannier_centroid_charges):
             raise ValueError("the dipoles head needs Wannier centroid charges, e.g. --wannier_centroid_charges 8:-8 "
-                             "--wannier_ion_charges 1:1,8:6 for water")
+                             "--wannier_ion_charges 1:1,8:6 for water (or --dipoles_mode atomic)")
+        if "dipoles" in self.heads and self.dipoles_mode == "atomic" and self.wannier_centroid_charges:
+            raise ValueError("--wannier_centroid_charges belong to --dipoles_mode centroids; atomic dipoles carry "
+                             "no centroid charge (ionic charges: --wannier_ion_charges)")
 
     @property
     def active(self) -> bool:

@@ -1,4 +1,5 @@
-"""Head ``dipoles``: implicit polarization as Wannier centroids (DPLR style, deepmd-kit).
+"""Head ``dipoles``: implicit polarization as Wannier centroids (DPLR style, deepmd-kit),
+or as atomic Gaussian dipoles (:class:`AtomicDipoleHead`, ``--dipoles_mode atomic``).
 
 Every atom of a centroid species (e.g. O in water) carries one Wannier centroid of fixed
 charge q_c (e.g. 4 centroids x -2 e = -8 e on O, as one centroid) at
@@ -33,6 +34,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 from e3nn import o3
 
+from ..electrostatics.gaussian_dipoles import GaussianChargesAndDipoles
 from ..electrostatics.smeared import SmearedPotential
 from ..electrostatics.units import COULOMB_CONSTANT
 from .contract import graph_sum
@@ -41,16 +43,34 @@ from .contract import graph_sum
 INITIAL_DISPLACEMENT_SCALE = 0.01
 
 
+def check_total_charge(net: torch.Tensor, batch: torch.Tensor, num_graphs: int, total_charge: torch.Tensor) -> None:
+    """RuntimeError unless the fixed charges [N] (e) of every structure add up to its total_charge [G]."""
+    sums = graph_sum(net, batch, num_graphs)
+    excess = sums - total_charge
+    if bool((excess.abs() > 1e-6).any()):
+        worst = int(torch.argmax(excess.abs()))
+        raise RuntimeError(
+            "dipoles head: ionic plus centroid charges of structure " + str(worst) + " add up to "
+            + str(float(sums[worst])) + " e but its total charge is " + str(float(total_charge[worst]))
+            + " e; fix total_charge in the data or the --wannier_ion_charges / --wannier_centroid_charges")
+
+
+def _vector_irreps(irreps_per_layer: Sequence[str]) -> o3.Irreps:
+    """All layers' node irreps; ValueError without l=1 (1o) features."""
+    node_irreps = o3.Irreps("+".join(str(o3.Irreps(text)) for text in irreps_per_layer))
+    if not any(ir.l == 1 and ir.p == -1 for _, ir in node_irreps):
+        raise ValueError("the dipoles head needs l=1 (1o) node features: train with --max_L >= 1 "
+                         f"(the backbone's layers have {', '.join(irreps_per_layer)})")
+    return node_irreps
+
+
 class WannierCentroidHead(torch.nn.Module):
     """Ions plus displaced Wannier centroids; see the module docstring. Units: eV, Å, e."""
 
     def __init__(self, irreps_per_layer: Sequence[str], ion_charges: torch.Tensor, centroid_charges: torch.Tensor,
                  width: float, accuracy: float) -> None:
         super().__init__()
-        node_irreps = o3.Irreps("+".join(str(o3.Irreps(text)) for text in irreps_per_layer))
-        if not any(ir.l == 1 and ir.p == -1 for _, ir in node_irreps):
-            raise ValueError("the dipoles head needs l=1 (1o) node features: train with --max_L >= 1 "
-                             f"(the backbone's layers have {', '.join(irreps_per_layer)})")
+        node_irreps = _vector_irreps(irreps_per_layer)
         if not width > 0.0:
             raise ValueError(f"the dipoles head needs Gaussian clouds of width > 0 Å, got {width}")
         self.displacement = o3.Linear(node_irreps, o3.Irreps("1x1o"))
@@ -76,14 +96,7 @@ class WannierCentroidHead(torch.nn.Module):
         ions = node_attrs @ self.ion_charges.to(positions.dtype)
         centroids = node_attrs @ self.centroid_charges.to(positions.dtype)
         net = ions + centroids
-        excess = graph_sum(net, batch, num_graphs) - inputs["total_charge"]
-        if bool((excess.abs() > 1e-6).any()):
-            worst = int(torch.argmax(excess.abs()))
-            raise RuntimeError(
-                "dipoles head: ionic plus centroid charges of structure " + str(worst) + " add up to "
-                + str(float(graph_sum(net, batch, num_graphs)[worst])) + " e but its total charge is "
-                + str(float(inputs["total_charge"][worst]))
-                + " e; fix total_charge in the data or the --wannier_ion_charges / --wannier_centroid_charges")
+        check_total_charge(net, batch, num_graphs, inputs["total_charge"])
         has_centroid = centroids != 0.0
         displacement = self.displacement(inputs["node_feats"]) * has_centroid.to(positions.dtype).unsqueeze(-1)
         owner = torch.nonzero(has_centroid).view(-1)  # atoms that carry a centroid
@@ -112,6 +125,52 @@ class WannierCentroidHead(torch.nn.Module):
         }
 
 
+class AtomicDipoleHead(torch.nn.Module):
+    """A Gaussian dipole p_i = W h_i^(1o) (e·Å) on every atom, plus fixed ionic charges Z_i (e).
+
+    Energy: :class:`~mace_lr.electrostatics.gaussian_dipoles.GaussianChargesAndDipoles`
+    (clouds of std ``width``; charge-charge, charge-dipole and dipole-dipole terms, and
+    each dipole's self-energy k_e p^2 / (12 sqrt(pi) w^3) as a restoring spring; open
+    boundaries or 3D-periodic, tin-foil). Outputs as the centroid head: ``charges`` Z_i,
+    ``dipoles`` p_i (added to the dipole, the field term and the polarization by MACELR).
+    """
+
+    def __init__(self, irreps_per_layer: Sequence[str], ion_charges: torch.Tensor, width: float,
+                 accuracy: float) -> None:
+        super().__init__()
+        if not width > 0.0:
+            raise ValueError(f"atomic Gaussian dipoles need a width > 0 Å (--lr_charge_width), got {width}")
+        self.dipole_map = o3.Linear(_vector_irreps(irreps_per_layer), o3.Irreps("1x1o"))
+        with torch.no_grad():
+            for parameter in self.dipole_map.parameters():
+                parameter.mul_(INITIAL_DISPLACEMENT_SCALE)
+        self.register_buffer("ion_charges", ion_charges)
+        self.electrostatics = GaussianChargesAndDipoles(width, accuracy)
+        self.width = float(width)
+        self.coulomb_constant = COULOMB_CONSTANT
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"
+
+    def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        positions = inputs["positions"]
+        batch = inputs["batch"]
+        num_graphs = int(inputs["ptr"].numel()) - 1
+        ions = inputs["node_attrs"].to(positions.dtype) @ self.ion_charges.to(positions.dtype)
+        check_total_charge(ions, batch, num_graphs, inputs["total_charge"])
+        dipoles = self.dipole_map(inputs["node_feats"])
+        node_energy = self.coulomb_constant * self.electrostatics(ions, dipoles, positions, inputs["cell"],
+                                                                  inputs["pbc"], inputs["ptr"])
+        energy = graph_sum(node_energy, batch, num_graphs)
+        return {
+            "energy": energy,
+            "node_energy": node_energy,
+            "charges": ions,
+            "dipoles": dipoles,
+            "electrostatic_energy": energy,
+        }
+
+
 def element_table(values: Mapping[int, float], atomic_numbers: Sequence[int], what: str) -> torch.Tensor:
     """[num_elements] charges (e) in the order of ``atomic_numbers``; ValueError for unknown elements."""
     unknown = sorted(set(values) - set(int(z) for z in atomic_numbers))
@@ -122,10 +181,14 @@ def element_table(values: Mapping[int, float], atomic_numbers: Sequence[int], wh
 
 def build_dipoles_head(irreps_per_layer: Sequence[str], atomic_numbers: Sequence[int],
                        ion_charges: Mapping[int, float], centroid_charges: Mapping[int, float], width: float,
-                       accuracy: float) -> WannierCentroidHead:
-    """Wannier-centroid head; at least one species must carry a centroid."""
+                       accuracy: float, mode: str = "centroids") -> torch.nn.Module:
+    """Wannier-centroid head (``mode="centroids"``: at least one species carries a centroid) or
+    atomic Gaussian dipoles (``mode="atomic"``)."""
+    ions = element_table(ion_charges, atomic_numbers, "ion charges")
+    if mode == "atomic":
+        return AtomicDipoleHead(irreps_per_layer, ions, width, accuracy)
     if not any(q != 0.0 for q in centroid_charges.values()):
         raise ValueError("the dipoles head needs centroid charges for at least one element, e.g. "
                          "--wannier_centroid_charges 8:-8 (water: O carries -8 e, ions O:6 H:1)")
-    return WannierCentroidHead(irreps_per_layer, element_table(ion_charges, atomic_numbers, "ion charges"),
-                               element_table(centroid_charges, atomic_numbers, "centroid charges"), width, accuracy)
+    return WannierCentroidHead(irreps_per_layer, ions, element_table(centroid_charges, atomic_numbers,
+                                                                      "centroid charges"), width, accuracy)

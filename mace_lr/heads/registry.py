@@ -47,7 +47,7 @@ def build_heads(
         elif name == "dipoles":
             heads.append(build_dipoles_head(irreps_per_layer, atomic_numbers, dict(config.wannier_ion_charges),
                                             dict(config.wannier_centroid_charges), config.charge_width,
-                                            config.accuracy))
+                                            config.accuracy, config.dipoles_mode))
         elif name == "ewald_mp":
             continue
         else:  # LongRangeConfig validated the names

@@ -142,6 +142,9 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     group.add_argument("--wannier_centroid_charges", type=_element_charges, default=[],
                        help="dipoles head: charge of the Wannier centroid that each atom of an element carries, "
                        "e.g. 8:-8 (water: 4 centroids x -2 e on O as one)")
+    group.add_argument("--dipoles_mode", choices=("centroids", "atomic"), default="centroids",
+                       help="dipoles head: Wannier centroids (DPLR style, needs --wannier_centroid_charges) or a "
+                       "Gaussian point dipole on every atom (std --lr_charge_width), with the --wannier_ion_charges")
     group.add_argument(
         "--field_conditioned", action="store_true",
         help="the external field (--external_field_key, V/Å) enters the backbone as an l=1 input; the dipole is "
@@ -279,6 +282,7 @@ def settings_from_args(args: argparse.Namespace) -> LongRangeTraining:
         field_layers=tuple(field_layers or ()),
         wannier_ion_charges=tuple(getattr(args, "wannier_ion_charges", [])),
         wannier_centroid_charges=tuple(getattr(args, "wannier_centroid_charges", [])),
+        dipoles_mode=getattr(args, "dipoles_mode", "centroids"),
     )
     return LongRangeTraining(
         long_range=config,
