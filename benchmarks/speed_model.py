@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clock", choices=("wall", "cpu", "user"), default="wall",
                         help="time reported: wall, CPU (user + system) or user CPU of this process")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head-accuracy", type=float, default=1e-5,
+                        help="LongRangeConfig accuracy of the heads (relative accuracy of their Coulomb / k-space sums)")
     parser.add_argument("--json", type=str, default=None, help="write raw times here")
     parser.add_argument("--no-malloc-env", action="store_true",
                         help="do not re-execute with MALLOC_* set (never done above 1500 atoms)")
@@ -100,6 +102,7 @@ from mace import modules, tools  # noqa: E402
 from mace.modules.utils import get_edge_vectors_and_lengths  # noqa: E402
 from mace.tools import torch_geometric  # noqa: E402
 
+import torchpme  # noqa: E402
 from mace_lr.electrostatics.graph import GraphCoulomb  # noqa: E402
 from mace_lr.heads import LongRangeConfig  # noqa: E402
 from mace_lr.models import build_macelr  # noqa: E402
@@ -163,7 +166,7 @@ def backbone_kwargs(avg_num_neighbors: float) -> dict:
     )
 
 
-def build_models(avg_num_neighbors: float, seed: int, polar: bool):
+def build_models(avg_num_neighbors: float, seed: int, polar: bool, accuracy: float = 1e-5):
     """name -> model (eval mode, float64); PolarMACE's entry is a string when unavailable."""
     torch.manual_seed(seed)
     backbone = modules.ScaleShiftMACE(**backbone_kwargs(avg_num_neighbors)).double().eval()
@@ -172,10 +175,11 @@ def build_models(avg_num_neighbors: float, seed: int, polar: bool):
                 "qeq": ("qeq",), "lode": ("lode",), "ewald_mp": ("ewald_mp",)}
     for name, heads in variants.items():
         torch.manual_seed(seed + 1)  # same readout weights wherever a head repeats
-        models[name] = build_macelr(backbone, LongRangeConfig(heads=heads), {1: 0.4, 8: -0.8}).eval()
+        models[name] = build_macelr(backbone, LongRangeConfig(heads=heads, accuracy=accuracy), {1: 0.4, 8: -0.8}).eval()
     for method in ("ewald", "pme"):
         torch.manual_seed(seed + 1)
-        models[f"latent[{method}]"] = build_macelr(backbone, LongRangeConfig(heads=("latent",), method=method)).eval()
+        models[f"latent[{method}]"] = build_macelr(backbone, LongRangeConfig(heads=("latent",), method=method,
+                                                                             accuracy=accuracy)).eval()
     if polar:
         models["PolarMACE"] = build_polar(avg_num_neighbors, seed)
     return models
@@ -215,7 +219,22 @@ def auto_method(n_atoms: int) -> str:
     return "pme" if n_atoms > coulomb.pme_threshold else "ewald"
 
 
-def estimated_gb(name: str, n_atoms: int, box: float) -> float:
+def nonlocal_gb(n_atoms: int, box: float, accuracy: float) -> float:
+    """qeq / lode / ewald_mp (k-space Gaussian width ~1 Å): 'auto' caps Ewald's tables at
+    EWALD_MAX_WORK (~3 GB), above it PME, whose mesh (torch-pme: powers of two per axis)
+    cost ~440 B per point with the field's double backward (lode: 9.2 GB at 768 atoms, 256^3)."""
+    from mace_lr.electrostatics.graph import _reference_pme_spacing
+    from mace_lr.electrostatics.parameters import EWALD_MAX_WORK, ewald_work
+    from mace_lr.electrostatics.smeared import SmearedPotential
+
+    cell = torch.eye(3, dtype=torch.float64) * box
+    if ewald_work(cell, SmearedPotential(1.0, accuracy).lr_wavelength, n_atoms) <= EWALD_MAX_WORK:
+        return 3.0
+    points = int(torchpme.lib.get_ns_mesh(cell, _reference_pme_spacing(1.0, accuracy)).prod())
+    return 440e-9 * points
+
+
+def estimated_gb(name: str, n_atoms: int, box: float, accuracy: float = 1e-5) -> float:
     """Peak GB, from runs at 3000 atoms: torch-pme's Ewald ~54 B per (k-vector, atom) and
     Coulomb sum, on its ceil(L / lr_wavelength)^3 cube (8.1 GB); backbone ~2.5 MB/atom."""
     if name.startswith("coulomb"):
@@ -224,8 +243,8 @@ def estimated_gb(name: str, n_atoms: int, box: float) -> float:
         heads = name.count("latent") + name.count("charges")
         method = name[7:-1] if "[" in name else auto_method(n_atoms)
     backbone = 0.0 if name.startswith("coulomb") else 2.5e-3 * n_atoms
-    if name in ("qeq", "lode", "ewald_mp"):  # their 'auto' caps Ewald's tables (EWALD_MAX_WORK, ~3 GB)
-        return backbone + 3.0
+    if name in ("qeq", "lode", "ewald_mp"):
+        return backbone + nonlocal_gb(n_atoms, box, accuracy)
     k_vectors = math.ceil(box / GraphCoulomb(width=1.0, cutoff=5.0, accuracy=1e-5).lr_wavelength) ** 3
     return backbone + (heads * 54e-9 * k_vectors * n_atoms if method == "ewald" else 0.0)
 
@@ -266,7 +285,7 @@ def run_size(n_atoms: int, args, repeats: int) -> dict:
     avg_neighbors = batch["edge_index"].shape[1] / n_atoms
     with warnings.catch_warnings():  # TorchScript annotation warnings from e3nn/mace
         warnings.simplefilter("ignore")
-        models = build_models(avg_neighbors, args.seed, not args.no_polar)
+        models = build_models(avg_neighbors, args.seed, not args.no_polar, args.head_accuracy)
     wanted = set(args.variants.split(",")) | {"bare"} if args.variants else None
     calls = {name: model_call(m, batch) for name, m in models.items()
              if not isinstance(m, str) and (wanted is None or name in wanted)}
@@ -274,7 +293,7 @@ def run_size(n_atoms: int, args, repeats: int) -> dict:
         if wanted is None or f"coulomb[{method}]" in wanted:
             calls[f"coulomb[{method}]"] = coulomb_call(method, batch, args.seed)
     for name in list(calls):
-        estimate = estimated_gb(name, n_atoms, float(atoms.cell[0, 0]))
+        estimate = estimated_gb(name, n_atoms, float(atoms.cell[0, 0]), args.head_accuracy)
         if estimate > args.memory_budget_gb:
             del calls[name]
             models[name] = f"skipped: memory ~{estimate:.0f} GB > budget {args.memory_budget_gb:g} GB"
