@@ -219,10 +219,11 @@ def auto_method(n_atoms: int) -> str:
     return "pme" if n_atoms > coulomb.pme_threshold else "ewald"
 
 
-def nonlocal_gb(n_atoms: int, box: float, accuracy: float) -> float:
+def nonlocal_gb(n_atoms: int, box: float, accuracy: float, channels: int) -> float:
     """qeq / lode / ewald_mp (k-space Gaussian width ~1 Å): 'auto' caps Ewald's tables at
     EWALD_MAX_WORK (~3 GB), above it PME, whose mesh (torch-pme: powers of two per axis)
-    cost ~440 B per point with the field's double backward (lode: 9.2 GB at 768 atoms, 256^3)."""
+    cost ~220 B per point and channel (lode, 2 densities with the field's double backward:
+    9.2 GB at 768 atoms, 256^3; ewald_mp's 16 message channels went past 23 GB there)."""
     from mace_lr.electrostatics.graph import _reference_pme_spacing
     from mace_lr.electrostatics.parameters import EWALD_MAX_WORK, ewald_work
     from mace_lr.electrostatics.smeared import SmearedPotential
@@ -231,7 +232,7 @@ def nonlocal_gb(n_atoms: int, box: float, accuracy: float) -> float:
     if ewald_work(cell, SmearedPotential(1.0, accuracy).lr_wavelength, n_atoms) <= EWALD_MAX_WORK:
         return 3.0
     points = int(torchpme.lib.get_ns_mesh(cell, _reference_pme_spacing(1.0, accuracy)).prod())
-    return 440e-9 * points
+    return 220e-9 * points * channels
 
 
 def estimated_gb(name: str, n_atoms: int, box: float, accuracy: float = 1e-5) -> float:
@@ -243,8 +244,8 @@ def estimated_gb(name: str, n_atoms: int, box: float, accuracy: float = 1e-5) ->
         heads = name.count("latent") + name.count("charges")
         method = name[7:-1] if "[" in name else auto_method(n_atoms)
     backbone = 0.0 if name.startswith("coulomb") else 2.5e-3 * n_atoms
-    if name in ("qeq", "lode", "ewald_mp"):
-        return backbone + nonlocal_gb(n_atoms, box, accuracy)
+    if name in ("qeq", "lode", "ewald_mp"):  # ewald_mp: 16 message channels on the mesh, lode 2 densities
+        return backbone + nonlocal_gb(n_atoms, box, accuracy, 16 if name == "ewald_mp" else 2)
     k_vectors = math.ceil(box / GraphCoulomb(width=1.0, cutoff=5.0, accuracy=1e-5).lr_wavelength) ** 3
     return backbone + (heads * 54e-9 * k_vectors * n_atoms if method == "ewald" else 0.0)
 
