@@ -320,3 +320,17 @@ def test_auto_solver_avoids_dense_solves_that_would_not_fit_in_memory():
     torch.testing.assert_close(out_auto["charges"], out_dense["charges"], rtol=0, atol=1e-9)
     with pytest.raises(RuntimeError, match="train on smaller cells"):
         auto(batch_dict([crystal], auto), training=True)
+
+
+def test_dense_solve_falls_back_to_lu_when_the_matrix_is_not_positive_definite():
+    """A coarse k-space accuracy can leave C + diag(J) slightly indefinite; the bordered solve still holds."""
+    from mace_lr.electrostatics.qeq import dense_equilibration
+
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    matrix = basis @ np.diag([-0.05, 0.5, 1.0, 2.0, 3.0, 4.0]) @ basis.T  # one small negative eigenvalue
+    chi = rng.normal(size=6)
+    charges, mu = dense_equilibration(torch.tensor(matrix), torch.tensor(chi), torch.tensor(0.5))
+    expected, expected_mu = bordered_numpy_solve(matrix, chi, 0.5)
+    np.testing.assert_allclose(charges.numpy(), expected, rtol=0, atol=1e-10)
+    assert float(mu) == pytest.approx(expected_mu, abs=1e-10)

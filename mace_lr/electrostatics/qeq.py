@@ -63,11 +63,15 @@ def dense_equilibration(matrix: torch.Tensor, chi: torch.Tensor, total_charge: t
     """(q [N] e, mu [] eV/e) minimising chi.q + 1/2 q^T A q under sum q = Q.
 
     ``matrix`` [N, N]: A = C + diag(J) (V/e, symmetric positive definite); ``chi`` [N] V;
-    ``total_charge`` [] e. Cholesky with two right-hand sides; differentiable.
+    ``total_charge`` [] e. Cholesky with two right-hand sides (LU where the factorisation
+    fails: a coarse k-space accuracy can make A slightly indefinite); differentiable.
     """
-    factor = torch.linalg.cholesky(matrix)
     rhs = torch.stack([-chi, torch.ones_like(chi)], dim=1)
-    solution = torch.cholesky_solve(rhs, factor)
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        solution = torch.cholesky_solve(rhs, factor)
+    else:  # a coarse k-space truncation (accuracy ~1e-3) can leave A slightly indefinite: LU instead
+        solution = torch.linalg.solve(matrix, rhs)
     x = solution[:, 0]
     y = solution[:, 1]
     mu = (total_charge - x.sum()) / y.sum()
