@@ -60,6 +60,18 @@ def water_box(seed: int = 2) -> Atoms:
     return atoms
 
 
+def assert_born_charges_are_dipole_derivatives(model, atoms, bec: np.ndarray, h: float = 1e-5) -> None:
+    """Sum rule of a neutral structure, and Z*_{i,a} = d mu / d r_{i,a} by central differences (1e-6)."""
+    np.testing.assert_allclose(bec.sum(0), np.zeros((3, 3)), atol=1e-9)  # neutral: translation moves nothing
+    for i, a in [(0, 2), (1, 0), (3, 1)]:
+        dipoles = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[i, a] += sign * h
+            dipoles.append(model(batch_dict([moved], model))["dipole"][0].detach().numpy())
+        np.testing.assert_allclose(bec[i, a], (dipoles[0] - dipoles[1]) / (2 * h), atol=1e-6)
+
+
 def test_dipole_includes_the_centroids_and_born_charges_are_its_derivative():
     model = water_model()
     atoms = water_pair()
@@ -71,16 +83,7 @@ def test_dipole_includes_the_centroids_and_born_charges_are_its_derivative():
     expected = charges @ atoms.positions - 8.0 * (displacement[0] + displacement[3])
     np.testing.assert_allclose(out["dipole"][0].detach().numpy(), expected, atol=1e-10)
     assert 0.05 < np.linalg.norm(displacement[0]) < 0.5  # centroids really move, by a Wannier-like distance
-    bec = out["bec"].detach().numpy()
-    np.testing.assert_allclose(bec.sum(0), np.zeros((3, 3)), atol=1e-9)  # neutral: translation moves nothing
-    h = 1e-5
-    for i, a in [(0, 2), (1, 0), (3, 1)]:
-        dipoles = []
-        for sign in (1, -1):
-            moved = atoms.copy()
-            moved.positions[i, a] += sign * h
-            dipoles.append(model(batch_dict([moved], model))["dipole"][0].detach().numpy())
-        np.testing.assert_allclose(bec[i, a], (dipoles[0] - dipoles[1]) / (2 * h), atol=1e-6)
+    assert_born_charges_are_dipole_derivatives(model, atoms, out["bec"].detach().numpy())
 
 
 def test_atomic_dipoles_enter_the_dipole_and_born_charges_are_its_derivative():
@@ -95,16 +98,7 @@ def test_atomic_dipoles_enter_the_dipole_and_born_charges_are_its_derivative():
     assert 0.05 < np.abs(dipoles).max() < 1.0  # e·Å: atomic dipoles of a realistic size
     np.testing.assert_allclose(out["dipole"][0].detach().numpy(), charges @ atoms.positions + dipoles.sum(0),
                                atol=1e-10)
-    bec = out["bec"].detach().numpy()
-    np.testing.assert_allclose(bec.sum(0), np.zeros((3, 3)), atol=1e-9)  # neutral: translation moves nothing
-    h = 1e-5
-    for i, a in [(0, 2), (1, 0), (3, 1)]:
-        moved_dipoles = []
-        for sign in (1, -1):
-            moved = atoms.copy()
-            moved.positions[i, a] += sign * h
-            moved_dipoles.append(model(batch_dict([moved], model))["dipole"][0].detach().numpy())
-        np.testing.assert_allclose(bec[i, a], (moved_dipoles[0] - moved_dipoles[1]) / (2 * h), atol=1e-6)
+    assert_born_charges_are_dipole_derivatives(model, atoms, out["bec"].detach().numpy())
 
 
 def test_atomic_dipole_mode_settings_are_checked():
