@@ -7,7 +7,9 @@ open boundaries). Models, same backbone, data, split, seed and budget:
   dipole in the loss (``--dipole-weight``);
 * ``latent_mu``: latent charges fitted to energies, forces and the dipole;
 * ``dipoles``: ions O +6, H +1 and one -8 e Wannier centroid per O
-  (``--long_range dipoles``), fitted to energies, forces and the dipole.
+  (``--long_range dipoles``), fitted to energies, forces and the dipole;
+* ``atomic``: fixed SPC-like charges O -0.8, H +0.4 and a Gaussian dipole on every atom
+  (``--dipoles_mode atomic``), fitted to energies, forces and the dipole.
 
 Reported on the test set: dipole MAE (e·Å, Cartesian components) and its ratio to the
 charges model, energy MAE per cluster (meV), force MAE (meV/Å).
@@ -29,6 +31,7 @@ MODELS = {
     "charges": ("charges", {}),
     "latent_mu": ("latent", {}),
     "dipoles": ("dipoles", {"wannier_ion_charges": "1:1,8:6", "wannier_centroid_charges": "8:-8"}),
+    "atomic": ("dipoles", {"dipoles_mode": "atomic", "wannier_ion_charges": "1:0.4,8:-0.8"}),
 }
 
 
