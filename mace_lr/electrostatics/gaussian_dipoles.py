@@ -66,7 +66,7 @@ class GaussianChargesAndDipoles(torch.nn.Module):
         gauss = 2.0 * self.inv_sqrt_pi / a * torch.exp(-squared / (a * a))  # d erf(r/a) / dr
         phi = erf / r
         d1 = gauss / r - erf / (r * r)  # phi'
-        d2 = -2.0 * r / (a * a) * gauss / r - 2.0 * gauss / (r * r) + 2.0 * erf / (r * r * r)  # phi''
+        d2 = -2.0 / (a * a) * gauss - 2.0 * gauss / (r * r) + 2.0 * erf / (r * r * r)  # phi''
         zero = torch.zeros_like(phi)
         phi = torch.where(off_diagonal, phi, zero)
         d1_over_r = torch.where(off_diagonal, d1 / r, zero)

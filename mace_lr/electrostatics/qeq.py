@@ -22,7 +22,8 @@ Solvers (per structure):
   sides; each step is one matrix-vector product ``C p``: torch-pme Ewald (PME above
   ``pme_threshold`` atoms) for periodic cells, with the phase factors (Ewald) or the mesh
   interpolation weights (PME) computed once per solve, a row-blocked direct sum in open
-  boundaries (its pair kernel kept across the solve while N^2 doubles fit in ``cache_max_bytes``). Not differentiated: the energy is stationary in q, so forces and stress
+  boundaries (its pair kernel kept across the solve while N^2 doubles fit in
+  ``cache_max_bytes``). Not differentiated: the energy is stationary in q, so forces and stress
   taken with q held fixed are exact (the ``qeq`` head does this); Born charges use
   the adjoint solve of :meth:`GaussianCoulombOperator.charge_response_surrogate`.
 
@@ -205,15 +206,14 @@ class GaussianCoulombOperator(torch.nn.Module):
         matrix products instead of blocked erf sums.
         """
         if self._check_pbc(pbc) > 0:
-            return self._prepare_kspace(positions, cell, pbc, channels)
+            return self._prepare_kspace(positions, cell, channels)
         cache: Dict[str, torch.Tensor] = {}
         n = positions.shape[0]
         if 8.0 * n * n <= self.cache_max_bytes:
             cache["direct"] = _direct_kernel(positions, widths, self.block)
         return cache
 
-    def _prepare_kspace(self, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
-                        channels: int) -> Dict[str, torch.Tensor]:
+    def _prepare_kspace(self, positions: torch.Tensor, cell: torch.Tensor, channels: int) -> Dict[str, torch.Tensor]:
         """Factors of the k-space sum that depend only on positions and cell, for many products (CG).
 
         Ewald: torch-pme's k-vectors, kernel G(k) / V and the phase factors cos, sin [K, N]

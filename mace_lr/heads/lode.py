@@ -10,8 +10,8 @@ periodic cells, exact dense sums otherwise) and are differentiable in positions 
 cell.
 
 Readout (invariant): an MLP of [backbone scalars, V_c s, |E_c|^2 s^4, (P h_i) . E_c s^2],
-where h_i are the l = 1 features of the last interaction layer that has them and P a learned mixing of
-their channels (the equivariant path of the field). Its output is a per-atom energy
+where h_i are the l = 1 features of the last interaction layer that has them and P a
+learned mixing of their channels (the equivariant path of the field). Its output is a per-atom energy
 (eV), small at initialisation, added to the backbone's. The head returns the
 descriptors as ``node_features`` [N, 2C] (V s, |E|^2 s^4).
 """

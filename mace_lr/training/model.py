@@ -7,6 +7,7 @@ from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 
+from ..heads.config import CHARGE_HEADS
 from ..models import build_macelr
 from .settings import LongRangeTraining
 
@@ -80,7 +81,7 @@ def wrap_backbone(
 
     The backbone is returned as it is when no head is requested. Only the ``charges``
     head uses the element charges (initial offsets), so only then is the data scanned for
-    them. The heads' initial electrostatic energy is moved into the E0s
+    them. The charge heads' initial electrostatic energy is moved into the E0s
     (:func:`absorb_initial_head_energy`).
     """
     if not settings.active:
@@ -90,7 +91,7 @@ def wrap_backbone(
     if charges is not None:
         logging.info("Mean reference charge per element (e): %s", {z: round(q, 4) for z, q in charges.items()})
     model = build_macelr(backbone, settings.long_range, element_charges=charges)
-    if settings.long_range.heads:
+    if any(head in CHARGE_HEADS for head in settings.long_range.heads):  # the others have no electrostatic energy
         absorb_initial_head_energy(model, train_dataset, atomic_numbers)
     logging.info("Long-range heads: %s (%d parameters)", "+".join(settings.long_range.heads) or "none",
                  sum(p.numel() for p in model.long_range_heads.parameters()))

@@ -18,7 +18,7 @@ from ..data.io import BEC_KEY, FIELD_KEY
 #: extxyz info key of the reference polarization (e/Å^2) of periodic structures.
 POLARIZATION_KEY = "REF_polarization"
 from ..heads import LongRangeConfig, parse_long_range
-from ..heads.config import CHARGE_HEADS
+from ..heads.config import CHARGE_HEADS, DIPOLES_MODES
 
 #: ``--charges_weight`` when not given: fit charges only with the explicit ``charges`` head.
 DEFAULT_CHARGES_WEIGHT = 100.0
@@ -142,7 +142,7 @@ def add_long_range_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     group.add_argument("--wannier_centroid_charges", type=_element_charges, default=[],
                        help="dipoles head: charge of the Wannier centroid that each atom of an element carries, "
                        "e.g. 8:-8 (water: 4 centroids x -2 e on O as one)")
-    group.add_argument("--dipoles_mode", choices=("centroids", "atomic"), default="centroids",
+    group.add_argument("--dipoles_mode", choices=DIPOLES_MODES, default="centroids",
                        help="dipoles head: Wannier centroids (DPLR style, needs --wannier_centroid_charges) or a "
                        "Gaussian point dipole on every atom (std --lr_charge_width), with the --wannier_ion_charges")
     group.add_argument(
