@@ -64,6 +64,27 @@ def test_smeared_potential_and_field_match_the_engine(periodic):
         torch.testing.assert_close(field[:, c], out["field"] / COULOMB_CONSTANT, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("use_pme", [False, True])
+def test_analytic_ewald_field_equals_the_ghost_probe_gradient(use_pme):
+    """3D cells take the analytic k-space field; it must equal -grad V at ghost probes (the slab/PME path).
+
+    Charged channels included (torch-pme's background shifts V, not E). Ewald vs Ewald ghosts:
+    same k-vectors, so equal to rounding (1e-12); vs PME ghosts at accuracy 1e-4 (finer meshes
+    take minutes in float64): measured 2e-6, tolerance 1e-5.
+    """
+    atoms = random_neutral_ions(20, np.array([[9.0, 0, 0], [1.0, 8.5, 0], [0.5, 0.3, 9.5]]), seed=7)
+    positions, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
+    sources = torch.tensor(np.random.default_rng(3).normal(size=(len(atoms), 3)))  # not neutral
+    pbc = torch.ones(3, dtype=torch.bool)
+    potential, field = SmearedPotential(1.1, accuracy=1e-8)._ewald_with_field(sources, positions, cell)
+    ghosts = SmearedPotential(1.1, accuracy=1e-4 if use_pme else 1e-8)
+    ghost_potential, ghost_field = ghosts._ghost_field(sources, positions, cell, pbc, use_pme)
+    tolerance = 1e-5 if use_pme else 1e-12
+    torch.testing.assert_close(potential, ghost_potential, rtol=0, atol=tolerance)
+    torch.testing.assert_close(field, ghost_field, rtol=0, atol=tolerance)
+    assert float(field.abs().max()) > 0.1
+
+
 def test_descriptors_see_a_group_moved_far_beyond_the_receptive_field():
     """An atom's lode descriptor (and ewald_mp features) change when an ion pair 25-30 Å away moves;
     the backbone's own features (receptive field 2 x 4 Å) do not."""
@@ -157,6 +178,30 @@ def test_torchscript_equals_eager_and_mixed_batch_equals_one_by_one(heads):
         torch.testing.assert_close(together["forces"][start:stop], alone["forces"], rtol=0, atol=1e-10)
         start = stop
         assert float(alone["node_energy"].sum()) == pytest.approx(float(alone["energy"][0]), abs=1e-9)
+
+
+def test_ewald_mp_single_pass_equals_one_potential_per_width():
+    """3D cells: all widths filtered in one k-space pass = the sum of one torch-pme sum per width.
+
+    The single pass uses the finest width's k-vectors for every width (more than the wider
+    ones need), so the two agree to the k-space accuracy (1e-8 here; tolerance 1e-7).
+    """
+    from mace_lr.heads.ewald_mp import EwaldMessageBlock
+
+    torch.manual_seed(0)
+    block = EwaldMessageBlock(0, torch.arange(4), 3, (0.8, 1.7, 3.0), accuracy=1e-8).double()
+    with torch.no_grad():
+        block.filter.copy_(torch.randn(block.filter.shape, dtype=torch.float64))
+    atoms = random_neutral_ions(24, np.array([[9.0, 0, 0], [1.0, 8.5, 0], [0.5, 0.3, 9.5]]), seed=2)
+    positions, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
+    sources = torch.tensor(np.random.default_rng(5).normal(size=(len(atoms), 3)))
+    pbc = torch.ones(3, dtype=torch.bool)
+    assert block._single_pass(len(atoms), cell, pbc)
+    assert not block._single_pass(len(atoms), cell, torch.tensor([True, True, False]))
+    single = block._ewald_message(sources, positions, cell)
+    per_width = block._message_per_width(sources, positions, cell[None], pbc[None])
+    torch.testing.assert_close(single, per_width, rtol=0, atol=1e-7)
+    assert float(single.abs().max()) > 0.1
 
 
 def test_bad_ewald_mp_layers_are_refused():

@@ -68,7 +68,6 @@ def direct_sum(
     need_field = compute_field or dipoles is not None
     potential = positions.new_zeros(n_atoms)
     field = positions.new_zeros(n_atoms, 3) if need_field else None
-    energy_dipole = positions.new_zeros(())
     for start in range(0, n_atoms, BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, n_atoms)
         rows = torch.arange(start, stop, device=positions.device)

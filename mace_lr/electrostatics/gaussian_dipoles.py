@@ -33,6 +33,7 @@ from typing import List
 import torch
 import torchpme
 
+from .ewald_tables import ewald_kvectors, ewald_phases
 from .parameters import EWALD_MAX_WORK, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
 
 
@@ -94,12 +95,9 @@ class GaussianChargesAndDipoles(torch.nn.Module):
         if bool((charges.sum().abs() > 1e-6)):
             raise RuntimeError("Gaussian atomic dipoles: the periodic cell must be neutral, its charges add up to "
                                + str(float(charges.sum())) + " e; fix the ionic charges or total_charge")
-        ns = torch.ceil(torch.linalg.norm(cell, dim=1) / self.lr_wavelength).long()
-        kvectors = torchpme.lib.generate_kvectors_for_ewald(ns=ns, cell=cell)
-        kernel = self.kernel.lr_from_k_sq((kvectors * kvectors).sum(-1))  # 0 at k = 0
-        phases = kvectors @ positions.transpose(0, 1)  # [K, N]
-        cos = torch.cos(phases)
-        sin = torch.sin(phases)
+        kvectors, multiplicity = ewald_kvectors(cell, self.lr_wavelength)
+        kernel = multiplicity * self.kernel.lr_from_k_sq((kvectors * kvectors).sum(-1))
+        cos, sin = ewald_phases(kvectors, positions)  # [K, N]
         k_dot_p = kvectors @ dipoles.transpose(0, 1)  # [K, N]
         real = charges.unsqueeze(0) * cos - k_dot_p * sin  # (q - i k.p) e^{-ik.r} = real - i imag
         imag = charges.unsqueeze(0) * sin + k_dot_p * cos

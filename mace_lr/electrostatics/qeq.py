@@ -48,6 +48,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torchpme
 
+from .ewald_tables import ewald_kvectors, ewald_phases
 from .graph import _reference_pme_spacing
 from .parameters import EWALD_MAX_WORK, PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
 from .units import COULOMB_CONSTANT
@@ -227,13 +228,10 @@ class GaussianCoulombOperator(torch.nn.Module):
         volume = torch.abs(torch.linalg.det(cell))
         cache: Dict[str, torch.Tensor] = {"inverse_volume": 1.0 / volume}
         if not self._use_pme(n, channels, cell):
-            ns = torch.ceil(torch.linalg.norm(cell, dim=1) / self.lr_wavelength).long()
-            kvectors = torchpme.lib.generate_kvectors_for_ewald(ns=ns, cell=cell)
+            kvectors, multiplicity = ewald_kvectors(cell, self.lr_wavelength)
             if 16.0 * float(kvectors.shape[0]) * n <= self.cache_max_bytes:
-                phases = kvectors @ positions.transpose(0, 1)
-                cache["kernel"] = self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1)) / volume
-                cache["cos"] = torch.cos(phases)
-                cache["sin"] = torch.sin(phases)
+                cache["kernel"] = multiplicity * self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1)) / volume
+                cache["cos"], cache["sin"] = ewald_phases(kvectors, positions)
                 return cache
         ns_mesh = torchpme.lib.get_ns_mesh(cell, self.mesh_spacing)
         self.pme.mesh_interpolator.update(cell, ns_mesh)
@@ -244,8 +242,6 @@ class GaussianCoulombOperator(torch.nn.Module):
     def _kspace_prepared(self, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                          pbc: torch.Tensor, cache: Dict[str, torch.Tensor]) -> torch.Tensor:
         """:meth:`_kspace` for charges [N, C] from the factors of :meth:`_prepare_kspace` (same corrections)."""
-        # the Ewald and PME calculators hold the same CoulombPotential(smearing): same corrections
-        potential_torchpme = self.ewald.potential
         if "cos" in cache:
             cos = cache["cos"]
             sin = cache["sin"]
@@ -256,9 +252,15 @@ class GaussianCoulombOperator(torch.nn.Module):
             mesh = self.pme.mesh_interpolator.points_to_mesh(particle_weights=charges)
             potential = self.pme.mesh_interpolator.mesh_to_points(self.pme.kspace_filter.forward(mesh)) \
                 * cache["inverse_volume"]
+        return self._kspace_corrections(potential, charges, positions, cell, pbc, cache["inverse_volume"])
+
+    def _kspace_corrections(self, potential: torch.Tensor, charges: torch.Tensor, positions: torch.Tensor,
+                            cell: torch.Tensor, pbc: torch.Tensor, inverse_volume: torch.Tensor) -> torch.Tensor:
+        """A raw reciprocal sum for charges [N, C] with torch-pme's self, background and slab corrections."""
+        # the Ewald and PME calculators hold the same CoulombPotential(smearing): same corrections
+        potential_torchpme = self.ewald.potential
         potential = potential - charges * potential_torchpme.self_contribution()
-        potential = potential - 2.0 * potential_torchpme.background_correction() * charges.sum(0) \
-            * cache["inverse_volume"]
+        potential = potential - 2.0 * potential_torchpme.background_correction() * charges.sum(0) * inverse_volume
         periodic_arg = torch.jit.annotate(Optional[torch.Tensor], None)
         if bool((~pbc).any()):
             periodic_arg = pbc
@@ -307,7 +309,16 @@ class GaussianCoulombOperator(torch.nn.Module):
             return self.coulomb_constant * (_direct_kernel_rows(positions, widths, 0, n) + self_energy)
         self._check_periodic_widths(widths)
         identity = torch.eye(n, dtype=positions.dtype, device=positions.device)
-        smooth = self._kspace(identity, positions, cell, pbc)
+        if self._use_pme(n, n, cell):
+            smooth = self._kspace(identity, positions, cell, pbc)
+        else:  # Ewald: the k-space matrix straight from the phase tables (half the work of N unit charges)
+            kvectors, multiplicity = ewald_kvectors(cell, self.lr_wavelength)
+            inverse_volume = 1.0 / torch.abs(torch.linalg.det(cell))
+            kernel = (multiplicity * self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1))
+                      * inverse_volume).unsqueeze(-1)
+            cos, sin = ewald_phases(kvectors, positions)
+            raw = cos.transpose(0, 1) @ (kernel * cos) + sin.transpose(0, 1) @ (kernel * sin)
+            smooth = self._kspace_corrections(raw, identity, positions, cell, pbc, inverse_volume)
         smooth = 0.5 * (smooth + smooth.transpose(0, 1))  # exact up to rounding; keeps Cholesky happy
         remainder = torch.zeros((n, n), dtype=positions.dtype, device=positions.device)
         if edge_lengths.numel() > 0:

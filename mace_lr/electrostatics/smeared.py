@@ -15,9 +15,13 @@ dense sum. Channels should be neutral per structure (subtract their mean), other
 the periodic sum includes torch-pme's neutralising background and open-boundary values
 grow with system size.
 
-The periodic field is the gradient of the potential at zero-weight probe copies of the
-atoms ("ghosts"), one backward pass per channel with ``create_graph``, so it stays
-differentiable for forces and stress; the open-boundary field is analytic.
+Fields: analytic in open boundaries and for 3D-periodic cells on the Ewald path
+(E_i = sum_k k G(k)/V [sin(k.r_i) A_k - cos(k.r_i) B_k] from the phase tables of
+:mod:`.ewald_tables`, A/B the cos/sin structure factors; cost ~ one extra K x N
+product per channel). Slabs and the PME path take the gradient of the potential at
+zero-weight probe copies of the atoms ("ghosts"), one backward pass per channel with
+``create_graph``, several times slower in training (forces need a double backward
+through it). All paths stay differentiable for forces and stress.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import List, Optional, Tuple
 import torch
 import torchpme
 
+from .ewald_tables import ewald_kvectors, ewald_phases
 from .graph import _reference_pme_spacing
 from .parameters import EWALD_MAX_WORK, PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
 
@@ -82,6 +87,11 @@ class SmearedPotential(torch.nn.Module):
                               neighbor_distances=empty_distances, periodic=periodic_arg)
         return 2.0 * half
 
+    def uses_pme(self, n: int, cell: torch.Tensor) -> bool:
+        """Whether a periodic structure of ``n`` atoms in ``cell`` [3, 3] Å takes PME (else Ewald)."""
+        return self.method == "pme" or (self.method == "auto" and (
+            n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n) > self.ewald_max_work))
+
     def _open(self, sources: torch.Tensor, positions: torch.Tensor, want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         n = positions.shape[0]
         diff = positions.unsqueeze(1) - positions.unsqueeze(0)  # r_i - r_j
@@ -104,11 +114,37 @@ class SmearedPotential(torch.nn.Module):
     def _periodic(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                   want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         n = positions.shape[0]
-        use_pme = self.method == "pme" or (self.method == "auto" and (
-            n > self.pme_threshold or ewald_work(cell, self.lr_wavelength, n) > self.ewald_max_work))
+        use_pme = self.uses_pme(n, cell)
         if not want_field:
             return self._kspace(sources, positions, cell, pbc, use_pme), torch.zeros(
                 (n, sources.shape[1], 3), dtype=positions.dtype, device=positions.device)
+        if not use_pme and bool(pbc.all()):
+            return self._ewald_with_field(sources, positions, cell)
+        return self._ghost_field(sources, positions, cell, pbc, use_pme)
+
+    def _ewald_with_field(self, sources: torch.Tensor, positions: torch.Tensor,
+                          cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """3D-periodic V and analytic E from one set of Ewald phase tables (see the module docstring)."""
+        n = positions.shape[0]
+        kvectors, multiplicity = ewald_kvectors(cell, self.lr_wavelength)
+        volume = torch.abs(torch.linalg.det(cell))
+        kernel = (multiplicity * self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1)) / volume).unsqueeze(-1)
+        cos, sin = ewald_phases(kvectors, positions)
+        weighted_cos = kernel * (cos @ sources)  # [K, C]
+        weighted_sin = kernel * (sin @ sources)
+        # torch-pme's Ewald potential: self term and (for non-neutral channels) background removed
+        potential = cos.transpose(0, 1) @ weighted_cos + sin.transpose(0, 1) @ weighted_sin \
+            - self.self_value * sources - 2.0 * self.ewald.potential.background_correction() * sources.sum(0) / volume
+        channels = sources.shape[1]
+        k_weighted_cos = (weighted_cos.unsqueeze(-1) * kvectors.unsqueeze(1)).reshape(-1, channels * 3)
+        k_weighted_sin = (weighted_sin.unsqueeze(-1) * kvectors.unsqueeze(1)).reshape(-1, channels * 3)
+        field = sin.transpose(0, 1) @ k_weighted_cos - cos.transpose(0, 1) @ k_weighted_sin
+        return potential, field.view(n, channels, 3)
+
+    def _ghost_field(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                     use_pme: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Periodic V and E = -grad V at zero-weight probes (slabs, PME), differentiable."""
+        n = positions.shape[0]
         offset = torch.zeros_like(positions).requires_grad_(True)
         probes = positions + offset
         weights = torch.cat([sources, torch.zeros_like(sources)], dim=0)

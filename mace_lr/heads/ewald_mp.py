@@ -15,7 +15,9 @@ readouts then see.
 Boundary conditions are explicit: periodic cells (3D or slabs) use torch-pme's Ewald/PME
 for the k-space sums; open-boundary structures use the *same* real-space kernel summed
 exactly over all pairs (never a padded periodic box). Both are differentiable in
-positions and cell.
+positions and cell. 3D cells on the Ewald path take all widths in one pass: the filter
+f_c(k) is applied to one set of structure factors on the k-vectors of the finest width
+(:mod:`mace_lr.electrostatics.ewald_tables`), instead of one torch-pme call per width.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import List, Sequence
 import torch
 from e3nn import o3
 
+from ..electrostatics.ewald_tables import ewald_kvectors, ewald_phases
 from ..electrostatics.smeared import SmearedPotential, neutralise
 
 
@@ -62,11 +65,59 @@ class EwaldMessageBlock(torch.nn.Module):
                 batch: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
         scalars = node_feats.index_select(1, self.scalar_index)
         sources = neutralise(self.to_channels(scalars), batch, ptr)
+        messages: List[torch.Tensor] = []
+        for g in range(int(ptr.numel()) - 1):
+            start = int(ptr[g])
+            stop = int(ptr[g + 1])
+            if self._single_pass(stop - start, cell[g], pbc[g]):
+                messages.append(self._ewald_message(sources[start:stop], positions[start:stop], cell[g]))
+            else:
+                messages.append(self._message_per_width(sources[start:stop], positions[start:stop], cell[g:g + 1],
+                                                        pbc[g:g + 1]))
+        message = torch.cat(messages, dim=0)
+        return node_feats.index_add(1, self.scalar_index, self.to_features(message))
+
+    def _single_pass(self, n: int, cell: torch.Tensor, pbc: torch.Tensor) -> bool:
+        """3D-periodic and every width on the Ewald path: :meth:`_ewald_message` applies."""
+        if not bool(pbc.all()):
+            return False
+        for potential in self.potentials:
+            if potential.uses_pme(n, cell):
+                return False
+        return True
+
+    def _message_per_width(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                           pbc: torch.Tensor) -> torch.Tensor:
+        """sum_m a_m s_m V(s_m) [N, C] for one structure, one potential call per width (open, slab, PME)."""
+        ptr = torch.tensor([0, positions.shape[0]], dtype=torch.long, device=positions.device)
         message = torch.zeros_like(sources)
         for m, potential in enumerate(self.potentials):
             values, _ = potential(sources, positions, cell, pbc, ptr, False)
             message = message + self.filter[m] * self.smearings[m] * values
-        return node_feats.index_add(1, self.scalar_index, self.to_features(message))
+        return message
+
+    def _ewald_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """:meth:`_message_per_width` for a 3D cell in one k-space pass (k-vectors of the finest width)."""
+        wavelength = self.potentials[0].lr_wavelength
+        for potential in self.potentials:
+            wavelength = min(wavelength, potential.lr_wavelength)
+        kvectors, multiplicity = ewald_kvectors(cell, wavelength)
+        k_squared = (kvectors * kvectors).sum(-1)
+        volume = torch.abs(torch.linalg.det(cell))
+        kernel = torch.zeros((kvectors.shape[0], sources.shape[1]), dtype=sources.dtype, device=sources.device)
+        correction = torch.zeros_like(sources)
+        total = sources.sum(0)
+        for m, potential in enumerate(self.potentials):
+            weight = self.filter[m] * self.smearings[m]  # [C]
+            kernel = kernel + potential.ewald.potential.lr_from_k_sq(k_squared).unsqueeze(-1) * weight
+            # each width's own-cloud self term and (non-neutral channels) torch-pme's background
+            correction = correction + weight * (potential.self_value * sources
+                                                + 2.0 * potential.ewald.potential.background_correction() * total
+                                                / volume)
+        kernel = kernel * (multiplicity / volume).unsqueeze(-1)
+        cos, sin = ewald_phases(kvectors, positions)
+        return cos.transpose(0, 1) @ (kernel * (cos @ sources)) + sin.transpose(0, 1) @ (kernel * (sin @ sources)) \
+            - correction
 
 
 class EwaldMessagePassing(torch.nn.Module):
