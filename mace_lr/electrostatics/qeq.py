@@ -228,9 +228,9 @@ class GaussianCoulombOperator(torch.nn.Module):
         volume = torch.abs(torch.linalg.det(cell))
         cache: Dict[str, torch.Tensor] = {"inverse_volume": 1.0 / volume}
         if not self._use_pme(n, channels, cell):
-            kvectors, multiplicity = ewald_kvectors(cell, self.lr_wavelength)
+            kvectors, kernel = self._ewald_kernel(cell)
             if 16.0 * float(kvectors.shape[0]) * n <= self.cache_max_bytes:
-                cache["kernel"] = multiplicity * self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1)) / volume
+                cache["kernel"] = kernel
                 cache["cos"], cache["sin"] = ewald_phases(kvectors, positions)
                 return cache
         ns_mesh = torchpme.lib.get_ns_mesh(cell, self.mesh_spacing)
@@ -238,6 +238,12 @@ class GaussianCoulombOperator(torch.nn.Module):
         self.pme.kspace_filter.update(cell, ns_mesh)
         self.pme.mesh_interpolator.compute_weights(positions)
         return cache
+
+    def _ewald_kernel(self, cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(folded k-vectors [K, 3] Å^-1, multiplicity * G(k) / volume [K]) of the Ewald sum for ``cell``."""
+        kvectors, multiplicity = ewald_kvectors(cell, self.lr_wavelength)
+        kernel = multiplicity * self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1))
+        return kvectors, kernel / torch.abs(torch.linalg.det(cell))
 
     def _kspace_prepared(self, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                          pbc: torch.Tensor, cache: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -312,13 +318,12 @@ class GaussianCoulombOperator(torch.nn.Module):
         if self._use_pme(n, n, cell):
             smooth = self._kspace(identity, positions, cell, pbc)
         else:  # Ewald: the k-space matrix straight from the phase tables (half the work of N unit charges)
-            kvectors, multiplicity = ewald_kvectors(cell, self.lr_wavelength)
-            inverse_volume = 1.0 / torch.abs(torch.linalg.det(cell))
-            kernel = (multiplicity * self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1))
-                      * inverse_volume).unsqueeze(-1)
+            kvectors, kernel = self._ewald_kernel(cell)
+            kernel = kernel.unsqueeze(-1)
             cos, sin = ewald_phases(kvectors, positions)
             raw = cos.transpose(0, 1) @ (kernel * cos) + sin.transpose(0, 1) @ (kernel * sin)
-            smooth = self._kspace_corrections(raw, identity, positions, cell, pbc, inverse_volume)
+            smooth = self._kspace_corrections(raw, identity, positions, cell, pbc,
+                                              1.0 / torch.abs(torch.linalg.det(cell)))
         smooth = 0.5 * (smooth + smooth.transpose(0, 1))  # exact up to rounding; keeps Cholesky happy
         remainder = torch.zeros((n, n), dtype=positions.dtype, device=positions.device)
         if edge_lengths.numel() > 0:

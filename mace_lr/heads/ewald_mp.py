@@ -56,6 +56,8 @@ class EwaldMessageBlock(torch.nn.Module):
         self.to_channels = torch.nn.Linear(num_scalars, channels, bias=False)
         self.potentials = torch.nn.ModuleList([SmearedPotential(s, accuracy) for s in smearings])
         self.smearings = [float(s) for s in smearings]
+        # the single k-space pass runs on the finest width's k-vectors (the shortest wavelength)
+        self.finest_wavelength = min(potential.lr_wavelength for potential in self.potentials)
         self.filter = torch.nn.Parameter(torch.full((len(smearings), channels), 1.0 / len(smearings)))
         self.to_features = torch.nn.Linear(channels, num_scalars, bias=False)
         with torch.no_grad():  # small: training starts close to the plain backbone, every weight has a gradient
@@ -98,10 +100,7 @@ class EwaldMessageBlock(torch.nn.Module):
 
     def _ewald_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """:meth:`_message_per_width` for a 3D cell in one k-space pass (k-vectors of the finest width)."""
-        wavelength = self.potentials[0].lr_wavelength
-        for potential in self.potentials:
-            wavelength = min(wavelength, potential.lr_wavelength)
-        kvectors, multiplicity = ewald_kvectors(cell, wavelength)
+        kvectors, multiplicity = ewald_kvectors(cell, self.finest_wavelength)
         k_squared = (kvectors * kvectors).sum(-1)
         volume = torch.abs(torch.linalg.det(cell))
         kernel = torch.zeros((kvectors.shape[0], sources.shape[1]), dtype=sources.dtype, device=sources.device)
