@@ -219,11 +219,14 @@ def auto_method(n_atoms: int) -> str:
     return "pme" if n_atoms > coulomb.pme_threshold else "ewald"
 
 
-def nonlocal_gb(n_atoms: int, box: float, accuracy: float, channels: int) -> float:
+def nonlocal_gb(n_atoms: int, box: float, accuracy: float, name: str) -> float:
     """qeq / lode / ewald_mp (k-space Gaussian width ~1 Å): 'auto' caps Ewald's tables at
-    EWALD_MAX_WORK (~3 GB), above it PME, whose mesh (torch-pme: powers of two per axis)
-    cost ~220 B per point and channel (lode, 2 densities with the field's double backward:
-    9.2 GB at 768 atoms, 256^3; ewald_mp's 16 message channels went past 23 GB there)."""
+    EWALD_MAX_WORK (~3 GB), above it PME. qeq and lode use torch-pme's mesh (powers of two
+    per axis), ~220 B per point and channel (lode, 2 densities with the field's double
+    backward: 9.2 GB at 768 atoms, 256^3). ewald_mp's 16 channels share one mesh of
+    FFT-friendly size (``channel_mesh``), ~60 B per point and channel (4.1 GB at 3000
+    atoms, 162^3, energy + forces of the block alone)."""
+    from mace_lr.electrostatics.channel_mesh import channel_mesh_shape
     from mace_lr.electrostatics.graph import _reference_pme_spacing
     from mace_lr.electrostatics.parameters import EWALD_MAX_WORK, ewald_work
     from mace_lr.electrostatics.smeared import SmearedPotential
@@ -231,8 +234,10 @@ def nonlocal_gb(n_atoms: int, box: float, accuracy: float, channels: int) -> flo
     cell = torch.eye(3, dtype=torch.float64) * box
     if ewald_work(cell, SmearedPotential(1.0, accuracy).lr_wavelength, n_atoms) <= EWALD_MAX_WORK:
         return 3.0
-    points = int(torchpme.lib.get_ns_mesh(cell, _reference_pme_spacing(1.0, accuracy)).prod())
-    return 220e-9 * points * channels
+    spacing = _reference_pme_spacing(1.0, accuracy)
+    if name == "ewald_mp":
+        return 60e-9 * int(channel_mesh_shape(cell, spacing).prod()) * 16
+    return 220e-9 * int(torchpme.lib.get_ns_mesh(cell, spacing).prod()) * 2
 
 
 def estimated_gb(name: str, n_atoms: int, box: float, accuracy: float = 1e-5) -> float:
@@ -244,8 +249,8 @@ def estimated_gb(name: str, n_atoms: int, box: float, accuracy: float = 1e-5) ->
         heads = name.count("latent") + name.count("charges")
         method = name[7:-1] if "[" in name else auto_method(n_atoms)
     backbone = 0.0 if name.startswith("coulomb") else 2.5e-3 * n_atoms
-    if name in ("qeq", "lode", "ewald_mp"):  # ewald_mp: 16 message channels on the mesh, lode 2 densities
-        return backbone + nonlocal_gb(n_atoms, box, accuracy, 16 if name == "ewald_mp" else 2)
+    if name in ("qeq", "lode", "ewald_mp"):
+        return backbone + nonlocal_gb(n_atoms, box, accuracy, name)
     k_vectors = math.ceil(box / GraphCoulomb(width=1.0, cutoff=5.0, accuracy=1e-5).lr_wavelength) ** 3
     return backbone + (heads * 54e-9 * k_vectors * n_atoms if method == "ewald" else 0.0)
 

@@ -403,7 +403,7 @@ def build_macelr(
     if "ewald_mp" in config.heads:
         message_passing = build_ewald_message_passing(
             backbone, irreps, config.ewald_mp_layers, config.ewald_mp_channels, config.ewald_mp_smearings,
-            config.accuracy)
+            config.accuracy, config.method)
     field_conditioning = None
     if config.field_conditioned:
         field_conditioning = build_field_conditioning(irreps, config.field_layers)

@@ -180,28 +180,98 @@ def test_torchscript_equals_eager_and_mixed_batch_equals_one_by_one(heads):
         assert float(alone["node_energy"].sum()) == pytest.approx(float(alone["energy"][0]), abs=1e-9)
 
 
+def _message_block_and_box(accuracy: float, method: str = "auto"):
+    """ewald_mp block (3 channels, widths 0.8 / 1.7 / 3 Å, random filter) and 48 ions in a triclinic cell."""
+    from mace_lr.heads.ewald_mp import EwaldMessageBlock
+
+    torch.manual_seed(0)
+    block = EwaldMessageBlock(0, torch.arange(4), 3, (0.8, 1.7, 3.0), accuracy=accuracy, method=method).double()
+    with torch.no_grad():
+        block.filter.copy_(torch.randn(block.filter.shape, generator=torch.Generator().manual_seed(1),
+                                       dtype=torch.float64))
+    atoms = random_neutral_ions(24, np.array([[9.0, 0, 0], [1.0, 8.5, 0], [0.5, 0.3, 9.5]]), seed=2)
+    positions, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
+    sources = torch.tensor(np.random.default_rng(5).normal(size=(len(atoms), 3)))  # channels not neutral
+    return block, positions, cell, sources
+
+
 def test_ewald_mp_single_pass_equals_one_potential_per_width():
     """3D cells: all widths filtered in one k-space pass = the sum of one torch-pme sum per width.
 
     The single pass uses the finest width's k-vectors for every width (more than the wider
     ones need), so the two agree to the k-space accuracy (1e-8 here; tolerance 1e-7).
     """
-    from mace_lr.heads.ewald_mp import EwaldMessageBlock
-
-    torch.manual_seed(0)
-    block = EwaldMessageBlock(0, torch.arange(4), 3, (0.8, 1.7, 3.0), accuracy=1e-8).double()
-    with torch.no_grad():
-        block.filter.copy_(torch.randn(block.filter.shape, dtype=torch.float64))
-    atoms = random_neutral_ions(24, np.array([[9.0, 0, 0], [1.0, 8.5, 0], [0.5, 0.3, 9.5]]), seed=2)
-    positions, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
-    sources = torch.tensor(np.random.default_rng(5).normal(size=(len(atoms), 3)))
+    block, positions, cell, sources = _message_block_and_box(1e-8)
     pbc = torch.ones(3, dtype=torch.bool)
-    assert block._single_pass(len(atoms), cell, pbc)
-    assert not block._single_pass(len(atoms), cell, torch.tensor([True, True, False]))
+    assert block._single_pass(cell, pbc) and not block._uses_mesh(len(positions), cell)
+    assert not block._single_pass(cell, torch.tensor([True, True, False]))
     single = block._ewald_message(sources, positions, cell)
     per_width = block._message_per_width(sources, positions, cell[None], pbc[None])
     torch.testing.assert_close(single, per_width, rtol=0, atol=1e-7)
     assert float(single.abs().max()) > 0.1
+
+
+def test_ewald_mp_mesh_pass_equals_the_ewald_pass_with_gradients():
+    """Above the Ewald work limit the single pass runs on one C-channel PME mesh (FFT-friendly sizes,
+    not torch-pme's powers of two). Against the Ewald pass at 1e-8: the message and its gradients
+    in positions and cell (forces and stress flow through both). Accuracy 1e-5; measured max
+    errors 2e-8 (message, scale 5), 5e-7 (positions), 1.1e-6 (cell; scales ~1); tolerances
+    1e-7 for the message and the requested accuracy 1e-5 for the gradients.
+    """
+    from mace_lr.electrostatics.channel_mesh import channel_mesh_shape, fft_friendly_size
+
+    assert [fft_friendly_size(n) for n in (1, 7, 11, 97, 161, 250)] == [1, 8, 12, 100, 162, 250]
+    block, positions, cell, sources = _message_block_and_box(1e-5, method="pme")
+    reference, *_ = _message_block_and_box(1e-8)
+    assert block._uses_mesh(len(positions), cell)
+    shape = channel_mesh_shape(cell, block.mesh.mesh_spacing)
+    assert all(fft_friendly_size(int(n)) == int(n) for n in shape)
+
+    def message_and_gradients(function):
+        p = positions.clone().requires_grad_(True)
+        c = cell.clone().requires_grad_(True)
+        message = function(sources, p, c)
+        weights = torch.tensor(np.random.default_rng(8).normal(size=message.shape))
+        dp, dc = torch.autograd.grad((message * weights).sum(), [p, c])
+        return message, dp, dc
+
+    mesh = message_and_gradients(block._mesh_message)
+    ewald = message_and_gradients(reference._ewald_message)
+    for name, a, b, tolerance in zip(("message", "d/dpositions", "d/dcell"), mesh, ewald, (1e-7, 1e-5, 1e-5)):
+        torch.testing.assert_close(a, b, rtol=0, atol=tolerance, msg=name)
+        assert float(b.abs().max()) > 0.1, name
+
+
+def test_ewald_mp_on_the_mesh_keeps_forces_stress_and_torchscript():
+    """method="pme" sends ewald_mp through the mesh pass: finite differences (as above) and TorchScript."""
+    model = nonlocal_model(("ewald_mp",), method="pme")
+    atoms = nacl_crystal()
+    block = model.message_passing[0].blocks[0]
+    assert block._uses_mesh(len(atoms), torch.tensor(atoms.cell.array))
+    out = model(batch_dict([atoms], model), compute_stress=True)
+
+    def energy(structure) -> float:
+        return float(model(batch_dict([structure], model), compute_force=False)["energy"][0])
+
+    step = 1e-4
+    for a in range(3):
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[5, a] += step
+        minus.positions[5, a] -= step
+        assert float(out["forces"][5, a]) == pytest.approx(-(energy(plus) - energy(minus)) / (2 * step), abs=1e-6)
+    strained = []
+    for sign in (1, -1):
+        copy = atoms.copy()
+        copy.set_cell(atoms.cell.array @ (np.eye(3) + sign * 0.5e-5 * np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0]])),
+                      scale_atoms=True)
+        strained.append(energy(copy))
+    numerical = (strained[0] - strained[1]) / (2e-5 * atoms.get_volume())
+    assert float(out["stress"][0, 1, 2]) == pytest.approx(numerical, abs=1e-6)
+    scripted = jit.compile(model)(batch_dict([atoms], model), compute_stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(scripted[key], out[key], rtol=0, atol=1e-10, msg=key)
+    auto = nonlocal_model(("ewald_mp",))(batch_dict([atoms], model), compute_stress=True)  # same weights, Ewald
+    torch.testing.assert_close(out["forces"], auto["forces"], rtol=0, atol=1e-5)
 
 
 def test_bad_ewald_mp_layers_are_refused():

@@ -182,6 +182,12 @@ class SmearedPotential(torch.nn.Module):
         return torch.cat(potentials, dim=0), torch.cat(fields, dim=0)
 
 
+def smeared_method(method: str) -> str:
+    """:class:`SmearedPotential`'s method for a head setting ``method`` (``direct``: exact sums are
+    used for open boundaries anyway, so periodic cells get ``auto``)."""
+    return method if method in ("ewald", "pme") else "auto"
+
+
 def neutralise(weights: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
     """weights [N, C] minus their mean over each structure (neutral channels)."""
     num_graphs = int(ptr.numel()) - 1
@@ -191,4 +197,4 @@ def neutralise(weights: torch.Tensor, batch: torch.Tensor, ptr: torch.Tensor) ->
     return weights - (sums / counts)[batch]
 
 
-__all__ = ["SmearedPotential", "neutralise"]
+__all__ = ["SmearedPotential", "neutralise", "smeared_method"]

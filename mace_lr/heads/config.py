@@ -22,7 +22,8 @@ class LongRangeConfig:
 
     heads: names in evaluation order (``()`` = plain short-range MACE).
     charge_width: Gaussian std of every model charge (Å); 0 = point charges.
-    method: ``auto``, ``direct`` (non-periodic data only), ``ewald`` or ``pme``.
+    method: ``auto``, ``direct`` (non-periodic data only), ``ewald`` or ``pme``; ``ewald``
+        and ``pme`` also fix the k-space path of ``lode`` and ``ewald_mp`` (else ``auto``).
     accuracy: relative accuracy of the Coulomb sums (RMS force error relative to the
         nearest-neighbour Coulomb scale); 1e-5 is far below model errors.
     readout_hidden: hidden width of the charge readout MLPs.

@@ -15,20 +15,25 @@ readouts then see.
 Boundary conditions are explicit: periodic cells (3D or slabs) use torch-pme's Ewald/PME
 for the k-space sums; open-boundary structures use the *same* real-space kernel summed
 exactly over all pairs (never a padded periodic box). Both are differentiable in
-positions and cell. 3D cells on the Ewald path take all widths in one pass: the filter
-f_c(k) is applied to one set of structure factors on the k-vectors of the finest width
-(:mod:`mace_lr.electrostatics.ewald_tables`), instead of one torch-pme call per width.
+positions and cell. 3D cells take all widths in one k-space pass, with the finest
+width's settings (which the wider kernels need less of): on the Ewald path the filter
+f_c(k) is applied to one set of structure factors on that width's k-vectors
+(:mod:`mace_lr.electrostatics.ewald_tables`); above the Ewald work limit, to one
+C-channel PME mesh (:mod:`mace_lr.electrostatics.channel_mesh`). Slabs take one
+torch-pme call per width (its slab correction).
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 from e3nn import o3
 
+from ..electrostatics.channel_mesh import ChannelKernelMesh
 from ..electrostatics.ewald_tables import ewald_kvectors, ewald_phases
-from ..electrostatics.smeared import SmearedPotential, neutralise
+from ..electrostatics.parameters import PME_INTERPOLATION_NODES
+from ..electrostatics.smeared import SmearedPotential, neutralise, smeared_method
 
 
 def layer_scalar_indices(irreps: str) -> torch.Tensor:
@@ -46,7 +51,7 @@ class EwaldMessageBlock(torch.nn.Module):
     """One reciprocal-space message for the node features of one interaction layer."""
 
     def __init__(self, layer: int, scalar_index: torch.Tensor, channels: int, smearings: Sequence[float],
-                 accuracy: float) -> None:
+                 accuracy: float, method: str = "auto") -> None:
         super().__init__()
         num_scalars = int(scalar_index.numel())
         if num_scalars == 0:
@@ -54,10 +59,12 @@ class EwaldMessageBlock(torch.nn.Module):
         self.layer = int(layer)
         self.register_buffer("scalar_index", scalar_index)
         self.to_channels = torch.nn.Linear(num_scalars, channels, bias=False)
-        self.potentials = torch.nn.ModuleList([SmearedPotential(s, accuracy) for s in smearings])
+        self.potentials = torch.nn.ModuleList([SmearedPotential(s, accuracy, smeared_method(method)) for s in smearings])
         self.smearings = [float(s) for s in smearings]
         # the single k-space pass runs on the finest width's k-vectors (the shortest wavelength)
         self.finest_wavelength = min(potential.lr_wavelength for potential in self.potentials)
+        self.mesh = ChannelKernelMesh(min(potential.pme.mesh_spacing for potential in self.potentials),
+                                      PME_INTERPOLATION_NODES)
         self.filter = torch.nn.Parameter(torch.full((len(smearings), channels), 1.0 / len(smearings)))
         self.to_features = torch.nn.Linear(channels, num_scalars, bias=False)
         with torch.no_grad():  # small: training starts close to the plain backbone, every weight has a gradient
@@ -71,22 +78,26 @@ class EwaldMessageBlock(torch.nn.Module):
         for g in range(int(ptr.numel()) - 1):
             start = int(ptr[g])
             stop = int(ptr[g + 1])
-            if self._single_pass(stop - start, cell[g], pbc[g]):
-                messages.append(self._ewald_message(sources[start:stop], positions[start:stop], cell[g]))
-            else:
+            if not self._single_pass(cell[g], pbc[g]):
                 messages.append(self._message_per_width(sources[start:stop], positions[start:stop], cell[g:g + 1],
                                                         pbc[g:g + 1]))
+            elif self._uses_mesh(stop - start, cell[g]):
+                messages.append(self._mesh_message(sources[start:stop], positions[start:stop], cell[g]))
+            else:
+                messages.append(self._ewald_message(sources[start:stop], positions[start:stop], cell[g]))
         message = torch.cat(messages, dim=0)
         return node_feats.index_add(1, self.scalar_index, self.to_features(message))
 
-    def _single_pass(self, n: int, cell: torch.Tensor, pbc: torch.Tensor) -> bool:
-        """3D-periodic and every width on the Ewald path: :meth:`_ewald_message` applies."""
-        if not bool(pbc.all()):
-            return False
+    def _single_pass(self, cell: torch.Tensor, pbc: torch.Tensor) -> bool:
+        """3D-periodic: :meth:`_ewald_message` or :meth:`_mesh_message` applies (else one call per width)."""
+        return bool(pbc.all())
+
+    def _uses_mesh(self, n: int, cell: torch.Tensor) -> bool:
+        """Whether the single pass takes the mesh: some width (the finest) would take PME."""
         for potential in self.potentials:
             if potential.uses_pme(n, cell):
-                return False
-        return True
+                return True
+        return False
 
     def _message_per_width(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                            pbc: torch.Tensor) -> torch.Tensor:
@@ -98,25 +109,44 @@ class EwaldMessageBlock(torch.nn.Module):
             message = message + self.filter[m] * self.smearings[m] * values
         return message
 
+    def _mixed_kernel(self, k_squared: torch.Tensor, sources: torch.Tensor,
+                      volume: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(f_c(k) [C, P] on the flattened |k|^2 [P] Å^-2, correction [N, C]) for the single pass.
+
+        The correction is each width's own-cloud self term and, for non-neutral channels,
+        torch-pme's background term, mixed like the kernels.
+        """
+        kernels: List[torch.Tensor] = []
+        self_values: List[float] = []
+        backgrounds: List[torch.Tensor] = []
+        for potential in self.potentials:
+            kernels.append(potential.ewald.potential.lr_from_k_sq(k_squared))
+            self_values.append(potential.self_value)
+            backgrounds.append(potential.ewald.potential.background_correction())
+        smearings = torch.tensor(self.smearings, dtype=sources.dtype, device=sources.device)
+        weights = self.filter * smearings.unsqueeze(-1)  # a_mc s_m [M, C]
+        kernel = weights.transpose(0, 1) @ torch.stack(kernels)  # [C, P]
+        self_value = torch.tensor(self_values, dtype=sources.dtype, device=sources.device)
+        background = torch.stack(backgrounds).to(sources.dtype).reshape(-1)
+        correction = (self_value @ weights) * sources + (background @ weights) * (2.0 * sources.sum(0) / volume)
+        return kernel, correction
+
     def _ewald_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """:meth:`_message_per_width` for a 3D cell in one k-space pass (k-vectors of the finest width)."""
+        """:meth:`_message_per_width` for a 3D cell in one Ewald pass (k-vectors of the finest width)."""
         kvectors, multiplicity = ewald_kvectors(cell, self.finest_wavelength)
-        k_squared = (kvectors * kvectors).sum(-1)
         volume = torch.abs(torch.linalg.det(cell))
-        kernel = torch.zeros((kvectors.shape[0], sources.shape[1]), dtype=sources.dtype, device=sources.device)
-        correction = torch.zeros_like(sources)
-        total = sources.sum(0)
-        for m, potential in enumerate(self.potentials):
-            weight = self.filter[m] * self.smearings[m]  # [C]
-            kernel = kernel + potential.ewald.potential.lr_from_k_sq(k_squared).unsqueeze(-1) * weight
-            # each width's own-cloud self term and (non-neutral channels) torch-pme's background
-            correction = correction + weight * (potential.self_value * sources
-                                                + 2.0 * potential.ewald.potential.background_correction() * total
-                                                / volume)
-        kernel = kernel * (multiplicity / volume).unsqueeze(-1)
+        kernel, correction = self._mixed_kernel((kvectors * kvectors).sum(-1), sources, volume)
+        kernel = kernel.transpose(0, 1) * (multiplicity / volume).unsqueeze(-1)  # [K, C]
         cos, sin = ewald_phases(kvectors, positions)
         return cos.transpose(0, 1) @ (kernel * (cos @ sources)) + sin.transpose(0, 1) @ (kernel * (sin @ sources)) \
             - correction
+
+    def _mesh_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """:meth:`_message_per_width` for a 3D cell in one pass on a C-channel PME mesh (finest width's spacing)."""
+        k_squared = self.mesh.prepare(positions, cell)
+        kernel, correction = self._mixed_kernel(k_squared.reshape(-1), sources, torch.abs(torch.linalg.det(cell)))
+        kernel = kernel.reshape([sources.shape[1]] + list(k_squared.shape))
+        return self.mesh.potential(sources, kernel, cell) - correction
 
 
 class EwaldMessagePassing(torch.nn.Module):
@@ -136,8 +166,10 @@ class EwaldMessagePassing(torch.nn.Module):
 
 
 def build_ewald_message_passing(backbone: torch.nn.Module, irreps_per_layer: Sequence[str], layers: Sequence[int],
-                                channels: int, smearings: Sequence[float], accuracy: float) -> EwaldMessagePassing:
-    """Blocks after ``layers`` of ``backbone``; ValueError for layers it does not have or unsupported backbones."""
+                                channels: int, smearings: Sequence[float], accuracy: float,
+                                method: str = "auto") -> EwaldMessagePassing:
+    """Blocks after ``layers`` of ``backbone`` (``method``: the heads' k-space setting); ValueError for layers it
+    does not have or unsupported backbones."""
     for attribute in ("pair_repulsion", "joint_embedding"):
         if hasattr(backbone, attribute):
             raise ValueError(f"ewald_mp does not support backbones with {attribute} yet")
@@ -145,6 +177,6 @@ def build_ewald_message_passing(backbone: torch.nn.Module, irreps_per_layer: Seq
     bad = [layer for layer in layers if layer >= count]
     if bad:
         raise ValueError(f"ewald_mp layers {bad} do not exist: the backbone has {count} interaction layers (0-{count - 1})")
-    blocks = [EwaldMessageBlock(layer, layer_scalar_indices(irreps_per_layer[layer]), channels, smearings, accuracy)
+    blocks = [EwaldMessageBlock(layer, layer_scalar_indices(irreps_per_layer[layer]), channels, smearings, accuracy, method)
               for layer in sorted(set(layers))]
     return EwaldMessagePassing(blocks)

@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence
 import torch
 from e3nn import o3
 
-from ..electrostatics.smeared import SmearedPotential, neutralise
+from ..electrostatics.smeared import SmearedPotential, neutralise, smeared_method
 from .contract import graph_sum
 
 #: Scale of the readout's last layer at initialisation (small: the backbone dominates at first).
@@ -57,9 +57,9 @@ class LODEHead(torch.nn.Module):
     """Nonlocal descriptors -> per-atom energy; see the module docstring. Units: eV, Å."""
 
     def __init__(self, num_scalars: int, num_elements: int, vector_index: torch.Tensor, smearing: float,
-                 accuracy: float, hidden: int, channels: int = 0, projections: int = 8) -> None:
+                 accuracy: float, hidden: int, channels: int = 0, projections: int = 8, method: str = "auto") -> None:
         super().__init__()
-        self.potential = SmearedPotential(smearing, accuracy)
+        self.potential = SmearedPotential(smearing, accuracy, smeared_method(method))
         self.smearing = float(smearing)
         self.learned_channels = channels > 0
         self.num_channels = channels if channels > 0 else num_elements
@@ -118,7 +118,7 @@ class LODEHead(torch.nn.Module):
 
 
 def build_lode_head(num_scalars: int, atomic_numbers: Sequence[int], irreps_per_layer: Sequence[str],
-                    smearing: float, accuracy: float, hidden: int, channels: int) -> LODEHead:
-    """LODE head on a backbone whose layers have ``irreps_per_layer``."""
+                    smearing: float, accuracy: float, hidden: int, channels: int, method: str = "auto") -> LODEHead:
+    """LODE head on a backbone whose layers have ``irreps_per_layer`` (``method``: the heads' k-space setting)."""
     return LODEHead(num_scalars, len(atomic_numbers), vector_feature_indices(irreps_per_layer), smearing, accuracy,
-                    hidden, channels)
+                    hidden, channels, method=method)

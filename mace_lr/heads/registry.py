@@ -43,7 +43,7 @@ def build_heads(
                 config.qeq_solver, config.qeq_dense_max_atoms, config.qeq_tolerance, config.method))
         elif name == "lode":
             heads.append(build_lode_head(num_scalars, atomic_numbers, irreps_per_layer, config.lode_smearing,
-                                         config.accuracy, config.readout_hidden, config.lode_channels))
+                                         config.accuracy, config.readout_hidden, config.lode_channels, config.method))
         elif name == "dipoles":
             heads.append(build_dipoles_head(irreps_per_layer, atomic_numbers, dict(config.wannier_ion_charges),
                                             dict(config.wannier_centroid_charges), config.charge_width,
