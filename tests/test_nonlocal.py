@@ -64,24 +64,33 @@ def test_smeared_potential_and_field_match_the_engine(periodic):
         torch.testing.assert_close(field[:, c], out["field"] / COULOMB_CONSTANT, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("use_pme", [False, True])
-def test_analytic_ewald_field_equals_the_ghost_probe_gradient(use_pme):
-    """3D cells take the analytic k-space field; it must equal -grad V at ghost probes (the slab/PME path).
+@pytest.mark.parametrize("path", ["ewald ghosts", "pme ghosts", "mesh"])
+def test_analytic_ewald_field_equals_the_other_paths(path):
+    """3D cells on the Ewald path take the analytic k-space field; it must equal -grad V at ghost
+    probes (the slab path) and the k-space-differentiated field on one PME mesh (3D PME path).
 
     Charged channels included (torch-pme's background shifts V, not E). Ewald vs Ewald ghosts:
-    same k-vectors, so equal to rounding (1e-12); vs PME ghosts at accuracy 1e-4 (finer meshes
-    take minutes in float64): measured 2e-6, tolerance 1e-5.
+    same k-vectors, so equal to rounding (1e-12). PME ghosts at accuracy 1e-4 (finer meshes
+    take minutes in float64): measured 3e-6, tolerance 1e-5. Mesh at 1e-5: measured 3e-8 (V)
+    and 2e-8 (E) on field values up to 0.7; tolerance 1e-6.
     """
     atoms = random_neutral_ions(20, np.array([[9.0, 0, 0], [1.0, 8.5, 0], [0.5, 0.3, 9.5]]), seed=7)
     positions, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
     sources = torch.tensor(np.random.default_rng(3).normal(size=(len(atoms), 3)))  # not neutral
     pbc = torch.ones(3, dtype=torch.bool)
     potential, field = SmearedPotential(1.1, accuracy=1e-8)._ewald_with_field(sources, positions, cell)
-    ghosts = SmearedPotential(1.1, accuracy=1e-4 if use_pme else 1e-8)
-    ghost_potential, ghost_field = ghosts._ghost_field(sources, positions, cell, pbc, use_pme)
-    tolerance = 1e-5 if use_pme else 1e-12
-    torch.testing.assert_close(potential, ghost_potential, rtol=0, atol=tolerance)
-    torch.testing.assert_close(field, ghost_field, rtol=0, atol=tolerance)
+    if path == "mesh":
+        other = SmearedPotential(1.1, accuracy=1e-5, method="pme")
+        assert other.uses_pme(len(atoms), cell)
+        other_potential, other_field = other(sources, positions, cell[None], pbc[None],
+                                             torch.tensor([0, len(atoms)]))
+    else:
+        use_pme = path == "pme ghosts"
+        ghosts = SmearedPotential(1.1, accuracy=1e-4 if use_pme else 1e-8)
+        other_potential, other_field = ghosts._ghost_field(sources, positions, cell, pbc, use_pme)
+    tolerance = {"ewald ghosts": 1e-12, "pme ghosts": 1e-5, "mesh": 1e-6}[path]
+    torch.testing.assert_close(potential, other_potential, rtol=0, atol=tolerance)
+    torch.testing.assert_close(field, other_field, rtol=0, atol=tolerance)
     assert float(field.abs().max()) > 0.1
 
 
@@ -242,12 +251,17 @@ def test_ewald_mp_mesh_pass_equals_the_ewald_pass_with_gradients():
         assert float(b.abs().max()) > 0.1, name
 
 
-def test_ewald_mp_on_the_mesh_keeps_forces_stress_and_torchscript():
-    """method="pme" sends ewald_mp through the mesh pass: finite differences (as above) and TorchScript."""
-    model = nonlocal_model(("ewald_mp",), method="pme")
+@pytest.mark.parametrize("heads", [("ewald_mp",), ("lode",)], ids=lambda h: h[0])
+def test_mesh_paths_keep_forces_stress_and_torchscript(heads):
+    """method="pme" sends ewald_mp and lode through their one-mesh paths: finite differences (as
+    above), TorchScript, and forces as on the Ewald path: both at accuracy 1e-4 (for speed), measured
+    2.4e-7 on a long-range force part of ~0.01 eV/Å; tolerance 2e-6."""
+    model = nonlocal_model(heads, method="pme", accuracy=1e-4)
     atoms = nacl_crystal()
-    block = model.message_passing[0].blocks[0]
-    assert block._uses_mesh(len(atoms), torch.tensor(atoms.cell.array))
+    if heads == ("ewald_mp",):
+        assert model.message_passing[0].blocks[0]._uses_mesh(len(atoms), torch.tensor(atoms.cell.array))
+    else:
+        assert model.long_range_heads[0].potential.uses_pme(len(atoms), torch.tensor(atoms.cell.array))
     out = model(batch_dict([atoms], model), compute_stress=True)
 
     def energy(structure) -> float:
@@ -270,8 +284,15 @@ def test_ewald_mp_on_the_mesh_keeps_forces_stress_and_torchscript():
     scripted = jit.compile(model)(batch_dict([atoms], model), compute_stress=True)
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(scripted[key], out[key], rtol=0, atol=1e-10, msg=key)
-    auto = nonlocal_model(("ewald_mp",))(batch_dict([atoms], model), compute_stress=True)  # same weights, Ewald
-    torch.testing.assert_close(out["forces"], auto["forces"], rtol=0, atol=1e-5)
+    auto = nonlocal_model(heads, accuracy=1e-4)(batch_dict([atoms], model), compute_stress=True)  # Ewald
+    torch.testing.assert_close(out["forces"], auto["forces"], rtol=0, atol=2e-6)
+    local = nonlocal_model(heads, accuracy=1e-4)
+    with torch.no_grad():  # the same model without its nonlocal contribution
+        for name, parameter in local.named_parameters():
+            if "to_features" in name or ("mlp.2" in name and "long_range_heads" in name and "readout" not in name):
+                parameter.zero_()
+    long_range_part = auto["forces"] - local(batch_dict([atoms], local))["forces"]
+    assert float(long_range_part.abs().max()) > 3e-3
 
 
 def test_bad_ewald_mp_layers_are_refused():

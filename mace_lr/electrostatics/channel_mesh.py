@@ -21,7 +21,7 @@ the tests against a converged Ewald sum.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torchpme.lib import MeshInterpolator, generate_kvectors_for_mesh
@@ -52,9 +52,10 @@ def channel_mesh_shape(cell: torch.Tensor, mesh_spacing: float) -> torch.Tensor:
 class ChannelKernelMesh(torch.nn.Module):
     """Mesh k-space sums of sources [N, C] with one kernel per channel, for one 3D-periodic structure.
 
-    Use: ``k_squared = mesh.prepare(positions, cell)`` (|k|^2 on the rfft grid, Å^-2,
-    shape [nx, ny, nz // 2 + 1]), then ``mesh.potential(sources, kernel, cell)`` with
-    ``kernel`` [C, nx, ny, nz // 2 + 1] (real; or broadcastable to it) built from ``k_squared``.
+    Use: ``kvectors = mesh.prepare(positions, cell)`` (the rfft grid's k-vectors, Å^-1,
+    [nx, ny, nz // 2 + 1, 3]), then ``mesh.potential(sources, kernel, cell)`` (or
+    :meth:`potential_and_field`) with ``kernel`` [C, nx, ny, nz // 2 + 1] (real; or
+    broadcastable to it) built from |k|^2.
     Differentiable in positions, cell, sources and kernel.
 
     Args:
@@ -75,25 +76,53 @@ class ChannelKernelMesh(torch.nn.Module):
         return f"mesh_spacing={self.mesh_spacing}"
 
     def prepare(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """Set the mesh and interpolation weights for positions [N, 3] Å in cell [3, 3] Å; |k|^2 on the rfft grid."""
+        """Set the mesh and interpolation weights for positions [N, 3] Å in cell [3, 3] Å.
+
+        Returns the k-vectors of the rfft grid, [nx, ny, nz // 2 + 1, 3] Å^-1.
+        """
         shape = channel_mesh_shape(cell, self.mesh_spacing)
         self.interpolator.update(cell, shape)
         self.interpolator.compute_weights(positions)
-        kvectors = generate_kvectors_for_mesh(cell, shape)
-        return (kvectors * kvectors).sum(-1)
+        return generate_kvectors_for_mesh(cell, shape)
 
-    def potential(self, sources: torch.Tensor, kernel: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """[N, C]: (1 / volume) sum_k kernel_c(k) rho_c(k) e^{ik.r_i} at the atoms of :meth:`prepare`."""
+    def _filtered(self, sources: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """kernel_c(k) rho_c(k) as real pairs [C, nx, ny, nz // 2 + 1, 2]."""
         # one channel at a time: torch-pme fills a C-channel mesh channel by channel in place,
         # and autograd then copies the whole mesh once per channel (O(C^2) memory traffic)
         mesh = torch.cat([self.interpolator.points_to_mesh(particle_weights=sources[:, c:c + 1])
                           for c in range(sources.shape[1])], dim=0)  # [C, nx, ny, nz]
-        dims = [1, 2, 3]
         # no 1/n factors in either direction, as torch-pme's PME filter (fft "backward", ifft "forward")
-        transformed = torch.view_as_real(torch.fft.rfftn(mesh, dim=dims, norm="backward"))
-        filtered = torch.view_as_complex(transformed * kernel.unsqueeze(-1))  # real kernel: no complex copy of it
-        back = torch.fft.irfftn(filtered, s=[mesh.shape[1], mesh.shape[2], mesh.shape[3]], dim=dims, norm="forward")
+        transformed = torch.view_as_real(torch.fft.rfftn(mesh, dim=[1, 2, 3], norm="backward"))
+        return transformed * kernel.unsqueeze(-1)  # real kernel: no complex copy of it
+
+    def _at_atoms(self, pairs: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """[N, C]: the inverse transform of real pairs [C, nx, ny, nz // 2 + 1, 2], read at the atoms, / volume."""
+        ns = self.interpolator.ns_mesh
+        back = torch.fft.irfftn(torch.view_as_complex(pairs.contiguous()), s=[int(ns[0]), int(ns[1]), int(ns[2])],
+                                dim=[1, 2, 3], norm="forward")
         return self.interpolator.mesh_to_points(back) / torch.abs(torch.linalg.det(cell))
+
+    def potential(self, sources: torch.Tensor, kernel: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """[N, C]: (1 / volume) sum_k kernel_c(k) rho_c(k) e^{ik.r_i} at the atoms of :meth:`prepare`."""
+        return self._at_atoms(self._filtered(sources, kernel), cell)
+
+    def potential_and_field(self, sources: torch.Tensor, kernel: torch.Tensor, kvectors: torch.Tensor,
+                            cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`potential` [N, C], its field -grad V [N, C, 3]) with ``kvectors`` from :meth:`prepare`.
+
+        The field is differentiated in k-space (-i k times the filtered density, one more
+        inverse transform per direction), as P3M's "ik" scheme.
+        """
+        filtered = self._filtered(sources, kernel)
+        potential = self._at_atoms(filtered, cell)
+        real = filtered[..., 0]
+        imaginary = filtered[..., 1]
+        components: List[torch.Tensor] = []
+        for axis in range(3):
+            k = kvectors[..., axis]
+            # -i k (a + i b) = k b - i k a
+            components.append(self._at_atoms(torch.stack([k * imaginary, -k * real], dim=-1), cell))
+        return potential, torch.stack(components, dim=-1)
 
 
 __all__ = ["ChannelKernelMesh", "channel_mesh_shape", "fft_friendly_size"]

@@ -18,10 +18,12 @@ grow with system size.
 Fields: analytic in open boundaries and for 3D-periodic cells on the Ewald path
 (E_i = sum_k k G(k)/V [sin(k.r_i) A_k - cos(k.r_i) B_k] from the phase tables of
 :mod:`.ewald_tables`, A/B the cos/sin structure factors; cost ~ one extra K x N
-product per channel). Slabs and the PME path take the gradient of the potential at
-zero-weight probe copies of the atoms ("ghosts"), one backward pass per channel with
-``create_graph``, several times slower in training (forces need a double backward
-through it). All paths stay differentiable for forces and stress.
+product per channel). 3D cells on the PME path differentiate in k-space on one mesh
+(:mod:`.channel_mesh`: -i k times the filtered density, three more inverse FFTs).
+Slabs take the gradient of the potential at zero-weight probe copies of the atoms
+("ghosts"), one backward pass per channel with ``create_graph``, several times slower
+in training (forces need a double backward through it). All paths stay
+differentiable for forces and stress.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import List, Optional, Tuple
 import torch
 import torchpme
 
+from .channel_mesh import ChannelKernelMesh
 from .ewald_tables import ewald_kvectors, ewald_phases
 from .graph import _reference_pme_spacing
 from .parameters import EWALD_MAX_WORK, PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
@@ -66,6 +69,9 @@ class SmearedPotential(torch.nn.Module):
             torchpme.CoulombPotential(smearing=self.smearing),
             mesh_spacing=_reference_pme_spacing(self.smearing, accuracy),
             interpolation_nodes=PME_INTERPOLATION_NODES)
+        # 3D PME with fields: one mesh, field by k-space differentiation (torch-pme's mesh sizes
+        # and ghost probes are kept for slabs)
+        self.mesh = ChannelKernelMesh(self.pme.mesh_spacing, PME_INTERPOLATION_NODES)
         # value of the kernel at r = 0: a ghost probe sees its own atom's cloud with this weight
         self.self_value = math.sqrt(2.0 / math.pi) / self.smearing
 
@@ -118,9 +124,22 @@ class SmearedPotential(torch.nn.Module):
         if not want_field:
             return self._kspace(sources, positions, cell, pbc, use_pme), torch.zeros(
                 (n, sources.shape[1], 3), dtype=positions.dtype, device=positions.device)
-        if not use_pme and bool(pbc.all()):
+        if bool(pbc.all()):
+            if use_pme:
+                return self._mesh_with_field(sources, positions, cell)
             return self._ewald_with_field(sources, positions, cell)
         return self._ghost_field(sources, positions, cell, pbc, use_pme)
+
+    def _mesh_with_field(self, sources: torch.Tensor, positions: torch.Tensor,
+                         cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """3D-periodic V and E on one PME mesh (:class:`.channel_mesh.ChannelKernelMesh`, field in k-space)."""
+        kvectors = self.mesh.prepare(positions, cell)
+        kernel = self.pme.potential.lr_from_k_sq((kvectors * kvectors).sum(-1))
+        potential, field = self.mesh.potential_and_field(sources, kernel, kvectors, cell)
+        volume = torch.abs(torch.linalg.det(cell))
+        potential = potential - self.self_value * sources \
+            - 2.0 * self.pme.potential.background_correction() * sources.sum(0) / volume
+        return potential, field
 
     def _ewald_with_field(self, sources: torch.Tensor, positions: torch.Tensor,
                           cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

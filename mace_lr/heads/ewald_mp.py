@@ -143,7 +143,8 @@ class EwaldMessageBlock(torch.nn.Module):
 
     def _mesh_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """:meth:`_message_per_width` for a 3D cell in one pass on a C-channel PME mesh (finest width's spacing)."""
-        k_squared = self.mesh.prepare(positions, cell)
+        kvectors = self.mesh.prepare(positions, cell)
+        k_squared = (kvectors * kvectors).sum(-1)
         kernel, correction = self._mixed_kernel(k_squared.reshape(-1), sources, torch.abs(torch.linalg.det(cell)))
         kernel = kernel.reshape([sources.shape[1]] + list(k_squared.shape))
         return self.mesh.potential(sources, kernel, cell) - correction
