@@ -11,6 +11,10 @@ one ``irfftn`` goes back, and the interpolator reads the potentials at the atoms
 
     V_ic = (1 / volume) sum_k f_c(k) rho_c(k) exp(i k.r_i)       (before self/background terms)
 
+and, for ``lode``, the field E_ic = -grad V_ic from the same filtered density times -i k
+(three more inverse transforms; P3M's "ik" differentiation), instead of differentiating
+the potential at probe copies of the atoms.
+
 Mesh size: torch-pme rounds every axis up to a power of two (``get_ns_mesh``), which can
 make the mesh up to 8x larger than its error bound asks for (256^3 instead of 162^3 for a
 31 Å box at 0.39 Å spacing). Here every axis gets the smallest 2^a 3^b 5^c >= 2 L / h + 1,

@@ -101,7 +101,7 @@ class EwaldMessageBlock(torch.nn.Module):
 
     def _message_per_width(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                            pbc: torch.Tensor) -> torch.Tensor:
-        """sum_m a_m s_m V(s_m) [N, C] for one structure, one potential call per width (open, slab, PME)."""
+        """sum_m a_m s_m V(s_m) [N, C] for one structure, one potential call per width (open boundaries, slabs)."""
         ptr = torch.tensor([0, positions.shape[0]], dtype=torch.long, device=positions.device)
         message = torch.zeros_like(sources)
         for m, potential in enumerate(self.potentials):
