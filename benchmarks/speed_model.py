@@ -221,11 +221,12 @@ def auto_method(n_atoms: int) -> str:
 
 def nonlocal_gb(n_atoms: int, box: float, accuracy: float, name: str) -> float:
     """qeq / lode / ewald_mp (k-space Gaussian width ~1 Å): 'auto' caps Ewald's tables at
-    EWALD_MAX_WORK (~3 GB), above it PME. qeq and lode use torch-pme's mesh (powers of two
-    per axis), ~220 B per point and channel (lode, 2 densities with the field's double
-    backward: 9.2 GB at 768 atoms, 256^3). ewald_mp's 16 channels share one mesh of
-    FFT-friendly size (``channel_mesh``), ~60 B per point and channel (4.1 GB at 3000
-    atoms, 162^3, energy + forces of the block alone)."""
+    EWALD_MAX_WORK (~3 GB), above it PME. qeq: torch-pme's mesh (powers of two per axis),
+    budgeted at ~220 B per point and channel (measured on lode's former ghost path: 9.2 GB
+    at 768 atoms, 256^3, 2 channels). lode (2 densities) and ewald_mp (16 channels): one
+    mesh of FFT-friendly size (``channel_mesh``), ~65 B per point and channel for energy
+    + forces (ewald_mp's block: 4.2 GB at 3000 atoms, 162^3; lode: 1.45 GB at 768 atoms
+    and 1e-5, 225^3)."""
     from mace_lr.electrostatics.channel_mesh import channel_mesh_shape
     from mace_lr.electrostatics.graph import _reference_pme_spacing
     from mace_lr.electrostatics.parameters import EWALD_MAX_WORK, ewald_work
@@ -235,8 +236,8 @@ def nonlocal_gb(n_atoms: int, box: float, accuracy: float, name: str) -> float:
     if ewald_work(cell, SmearedPotential(1.0, accuracy).lr_wavelength, n_atoms) <= EWALD_MAX_WORK:
         return 3.0
     spacing = _reference_pme_spacing(1.0, accuracy)
-    if name == "ewald_mp":
-        return 60e-9 * int(channel_mesh_shape(cell, spacing).prod()) * 16
+    if name in ("ewald_mp", "lode"):
+        return 65e-9 * int(channel_mesh_shape(cell, spacing).prod()) * (16 if name == "ewald_mp" else 2)
     return 220e-9 * int(torchpme.lib.get_ns_mesh(cell, spacing).prod()) * 2
 
 
