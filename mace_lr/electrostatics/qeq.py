@@ -19,16 +19,17 @@ Solvers (per structure):
 * ``dense``: builds ``A`` and solves both right-hand sides with one Cholesky
   factorisation; differentiable (training, Born charges), O(N^3) time, O(N^2) memory.
 * ``iterative``: Jacobi-preconditioned conjugate gradients on the same two right-hand
-  sides; each step is one matrix-vector product ``C p``: torch-pme Ewald (PME above
-  ``pme_threshold`` atoms) for periodic cells, with the phase factors (Ewald) or the mesh
-  interpolation weights (PME) computed once per solve, a row-blocked direct sum in open
+  sides; each step is one matrix-vector product ``C p``: Ewald (PME above
+  ``pme_threshold`` atoms, on the FFT-friendly mesh of :mod:`.channel_mesh`) for periodic
+  cells, with the phase factors (Ewald) or the mesh interpolation weights (PME) computed
+  once per solve, a row-blocked direct sum in open
   boundaries (its pair kernel kept across the solve while N^2 doubles fit in
   ``cache_max_bytes``). Not differentiated: the energy is stationary in q, so forces and stress
   taken with q held fixed are exact (the ``qeq`` head does this); Born charges use
   the adjoint solve of :meth:`GaussianCoulombOperator.charge_response_surrogate`.
 
-Periodic sums split as in :mod:`mace_lr.electrostatics.graph`: torch-pme's Ewald/PME
-with splitting width ``sigma = cutoff / x`` (``exp(-x^2/2) = 0.1 accuracy``) plus the
+Periodic sums split as in :mod:`mace_lr.electrostatics.graph`: torch-pme's Ewald (or PME
+on the mesh of :mod:`.channel_mesh`, with torch-pme's corrections) with splitting width ``sigma = cutoff / x`` (``exp(-x^2/2) = 0.1 accuracy``) plus the
 short-range remainder on the structure's own pair list (all pairs within ``cutoff``).
 The remainder ends at the cutoff only if every pair width ``sqrt(s_i^2 + s_j^2)`` is at
 most ``sigma``; :attr:`GaussianCoulombOperator.periodic_max_width` (= sigma / sqrt 2)
@@ -48,6 +49,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torchpme
 
+from .channel_mesh import ChannelKernelMesh, channel_mesh_shape
 from .ewald_tables import ewald_kvectors, ewald_phases
 from .graph import _reference_pme_spacing
 from .parameters import EWALD_MAX_WORK, PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
@@ -157,11 +159,8 @@ class GaussianCoulombOperator(torch.nn.Module):
             torchpme.CoulombPotential(smearing=self.smearing), lr_wavelength=self.lr_wavelength
         )
         self.mesh_spacing = _reference_pme_spacing(self.smearing, accuracy)
-        self.pme = torchpme.PMECalculator(
-            torchpme.CoulombPotential(smearing=self.smearing),
-            mesh_spacing=self.mesh_spacing,
-            interpolation_nodes=PME_INTERPOLATION_NODES,
-        )
+        # PME on FFT-friendly meshes (torch-pme's interpolator; see .channel_mesh)
+        self.mesh = ChannelKernelMesh(self.mesh_spacing, PME_INTERPOLATION_NODES)
 
     def extra_repr(self) -> str:
         return (f"cutoff={self.cutoff}, accuracy={self.accuracy}, method={self.method!r}, "
@@ -186,12 +185,16 @@ class GaussianCoulombOperator(torch.nn.Module):
         if bool((~pbc).any()):
             periodic_arg = pbc
         if self._use_pme(n, charges.shape[1], cell):
-            half = self.pme(charges=charges, cell=cell, positions=positions, neighbor_indices=empty_pairs,
-                            neighbor_distances=empty_distances, periodic=periodic_arg)
-        else:
-            half = self.ewald(charges=charges, cell=cell, positions=positions, neighbor_indices=empty_pairs,
-                              neighbor_distances=empty_distances, periodic=periodic_arg)
+            raw = self.mesh.potential(charges, self._mesh_kernel(positions, cell), cell)
+            return self._kspace_corrections(raw, charges, positions, cell, pbc, 1.0 / torch.abs(torch.linalg.det(cell)))
+        half = self.ewald(charges=charges, cell=cell, positions=positions, neighbor_indices=empty_pairs,
+                          neighbor_distances=empty_distances, periodic=periodic_arg)
         return 2.0 * half
+
+    def _mesh_kernel(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Set :attr:`mesh` up for positions and cell; G(k) on its rfft grid."""
+        kvectors = self.mesh.prepare(positions, cell)
+        return self.ewald.potential.lr_from_k_sq((kvectors * kvectors).sum(-1))
 
     def _use_pme(self, n: int, channels: int, cell: torch.Tensor) -> bool:
         """Whether :meth:`_kspace` takes PME (else Ewald) for ``n`` atoms and ``channels`` charge columns."""
@@ -219,8 +222,8 @@ class GaussianCoulombOperator(torch.nn.Module):
 
         Ewald: torch-pme's k-vectors, kernel G(k) / V and the phase factors cos, sin [K, N]
         (the same tables one torch-pme Ewald call builds). Above :attr:`cache_max_bytes`
-        for those tables, and wherever :meth:`_use_pme` picks PME: torch-pme's PME mesh
-        interpolator, whose weights are computed here once (state kept in ``self.pme``).
+        for those tables, and wherever :meth:`_use_pme` picks PME: the PME mesh's
+        interpolation weights (state kept in :attr:`mesh`) and the kernel on its grid.
         Products then cost two [K, N] matrix products (Ewald) or one spread, FFT pair and
         gather (PME) instead of a full torch-pme call. Use with :meth:`_kspace_prepared`.
         """
@@ -233,10 +236,7 @@ class GaussianCoulombOperator(torch.nn.Module):
                 cache["kernel"] = kernel
                 cache["cos"], cache["sin"] = ewald_phases(kvectors, positions)
                 return cache
-        ns_mesh = torchpme.lib.get_ns_mesh(cell, self.mesh_spacing)
-        self.pme.mesh_interpolator.update(cell, ns_mesh)
-        self.pme.kspace_filter.update(cell, ns_mesh)
-        self.pme.mesh_interpolator.compute_weights(positions)
+        cache["mesh_kernel"] = self._mesh_kernel(positions, cell)
         return cache
 
     def _ewald_kernel(self, cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -255,15 +255,13 @@ class GaussianCoulombOperator(torch.nn.Module):
             potential = cos.transpose(0, 1) @ (kernel * (cos @ charges)) \
                 + sin.transpose(0, 1) @ (kernel * (sin @ charges))
         else:
-            mesh = self.pme.mesh_interpolator.points_to_mesh(particle_weights=charges)
-            potential = self.pme.mesh_interpolator.mesh_to_points(self.pme.kspace_filter.forward(mesh)) \
-                * cache["inverse_volume"]
+            potential = self.mesh.potential(charges, cache["mesh_kernel"], cell)
         return self._kspace_corrections(potential, charges, positions, cell, pbc, cache["inverse_volume"])
 
     def _kspace_corrections(self, potential: torch.Tensor, charges: torch.Tensor, positions: torch.Tensor,
                             cell: torch.Tensor, pbc: torch.Tensor, inverse_volume: torch.Tensor) -> torch.Tensor:
         """A raw reciprocal sum for charges [N, C] with torch-pme's self, background and slab corrections."""
-        # the Ewald and PME calculators hold the same CoulombPotential(smearing): same corrections
+        # torch-pme's CoulombPotential(smearing) of the Ewald sum; the mesh uses the same kernel
         potential_torchpme = self.ewald.potential
         potential = potential - charges * potential_torchpme.self_contribution()
         potential = potential - 2.0 * potential_torchpme.background_correction() * charges.sum(0) * inverse_volume
@@ -289,22 +287,16 @@ class GaussianCoulombOperator(torch.nn.Module):
         """Rough peak memory (bytes) of :meth:`matrix` + the Cholesky solve for ``n`` atoms.
 
         Open boundaries: a few N x N matrices. Periodic: the k-space sums act on N
-        unit-charge channels at once, so torch-pme's PME mesh (powers of two per axis) or
-        Ewald's k-vector tables are held N times.
+        unit-charge channels at once, so the PME mesh or Ewald's k-vector tables are held
+        N times.
         """
         matrix = 32.0 * n * n
         if int(pbc.sum()) == 0:
             return matrix
         if not self._use_pme(n, n, cell):
             return matrix + 48.0 * ewald_work(cell, self.lr_wavelength, 2 * n)
-        lengths = torch.linalg.norm(cell.detach(), dim=1)
-        mesh = 1.0
-        for d in range(3):  # torch-pme rounds each axis up to a power of two
-            points = 1.0
-            while points * self.mesh_spacing < float(lengths[d]):
-                points *= 2.0
-            mesh *= points
-        return matrix + 32.0 * mesh * n
+        # the mesh holds N unit-charge channels: ~65 bytes per point and channel with the backward
+        return matrix + 65.0 * float(channel_mesh_shape(cell, self.mesh_spacing).prod()) * n
 
     def matrix(self, positions: torch.Tensor, widths: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                edge_index: torch.Tensor, edge_lengths: torch.Tensor) -> torch.Tensor:
