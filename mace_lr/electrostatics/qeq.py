@@ -286,15 +286,15 @@ class GaussianCoulombOperator(torch.nn.Module):
     def dense_memory_bytes(self, n: int, cell: torch.Tensor, pbc: torch.Tensor) -> float:
         """Rough peak memory (bytes) of :meth:`matrix` + the Cholesky solve for ``n`` atoms.
 
-        Open boundaries: a few N x N matrices. Periodic: the k-space sums act on N
-        unit-charge channels at once, so the PME mesh or Ewald's k-vector tables are held
-        N times.
+        Open boundaries: a few N x N matrices. Periodic: Ewald's phase tables cos, sin
+        [K, N] and their products (~48 bytes per k-vector and atom, with the backward), or
+        the PME mesh held once per unit-charge channel (N times).
         """
         matrix = 32.0 * n * n
         if int(pbc.sum()) == 0:
             return matrix
-        if not self._use_pme(n, n, cell):
-            return matrix + 48.0 * ewald_work(cell, self.lr_wavelength, 2 * n)
+        if not self._use_pme(n, 0, cell):
+            return matrix + 48.0 * ewald_work(cell, self.lr_wavelength, n)
         # the mesh holds N unit-charge channels: ~65 bytes per point and channel with the backward
         return matrix + 65.0 * float(channel_mesh_shape(cell, self.mesh_spacing).prod()) * n
 
@@ -307,7 +307,7 @@ class GaussianCoulombOperator(torch.nn.Module):
             return self.coulomb_constant * (_direct_kernel_rows(positions, widths, 0, n) + self_energy)
         self._check_periodic_widths(widths)
         identity = torch.eye(n, dtype=positions.dtype, device=positions.device)
-        if self._use_pme(n, n, cell):
+        if self._use_pme(n, 0, cell):  # (the phase tables are [K, N], not N charge channels)
             smooth = self._kspace(identity, positions, cell, pbc)
         else:  # Ewald: the k-space matrix straight from the phase tables (half the work of N unit charges)
             kvectors, kernel = self._ewald_kernel(cell)
