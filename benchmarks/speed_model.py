@@ -221,9 +221,10 @@ def auto_method(n_atoms: int) -> str:
 
 def nonlocal_gb(n_atoms: int, box: float, accuracy: float, name: str) -> float:
     """qeq / lode / ewald_mp (k-space Gaussian width ~1 Å): 'auto' caps Ewald's tables at
-    EWALD_MAX_WORK (~3 GB), above it PME. qeq: torch-pme's mesh (powers of two per axis),
-    budgeted at ~220 B per point and channel (measured on lode's former ghost path: 9.2 GB
-    at 768 atoms, 256^3, 2 channels). lode (2 densities) and ewald_mp (16 channels): one
+    EWALD_MAX_WORK (~3 GB), above it PME. qeq (conjugate gradients, 2 right-hand sides):
+    budgeted on torch-pme's power-of-two mesh at ~220 B per point and channel (measured on
+    lode's former ghost path: 9.2 GB at 768 atoms, 256^3, 2 channels); its products now
+    run on the smaller channel mesh, so this is conservative. lode (2 densities) and ewald_mp (16 channels): one
     mesh of FFT-friendly size (``channel_mesh``), ~65 B per point and channel for energy
     + forces (ewald_mp's block: 4.2 GB at 3000 atoms, 162^3; lode: 1.45 GB at 768 atoms
     and 1e-5, 225^3)."""
