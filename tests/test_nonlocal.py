@@ -67,7 +67,8 @@ def test_smeared_potential_and_field_match_the_engine(periodic):
 @pytest.mark.parametrize("path", ["ewald ghosts", "pme ghosts", "mesh"])
 def test_analytic_ewald_field_equals_the_other_paths(path):
     """3D cells on the Ewald path take the analytic k-space field; it must equal -grad V at ghost
-    probes (the slab path) and the k-space-differentiated field on one PME mesh (3D PME path).
+    probes (the slab path) and the k-space-differentiated field on one PME mesh (3D PME path, which
+    also serves potential-only calls such as the Wannier centroids').
 
     Charged channels included (torch-pme's background shifts V, not E). Ewald vs Ewald ghosts:
     same k-vectors, so equal to rounding (1e-12). PME ghosts at accuracy 1e-4 (finer meshes
@@ -84,6 +85,8 @@ def test_analytic_ewald_field_equals_the_other_paths(path):
         assert other.uses_pme(len(atoms), cell)
         other_potential, other_field = other(sources, positions, cell[None], pbc[None],
                                              torch.tensor([0, len(atoms)]))
+        potential_only, _ = other(sources, positions, cell[None], pbc[None], torch.tensor([0, len(atoms)]), False)
+        torch.testing.assert_close(potential_only, other_potential, rtol=0, atol=1e-12)  # same mesh without E
     else:
         use_pme = path == "pme ghosts"
         ghosts = SmearedPotential(1.1, accuracy=1e-4 if use_pme else 1e-8)

@@ -18,8 +18,9 @@ grow with system size.
 Fields: analytic in open boundaries and for 3D-periodic cells on the Ewald path
 (E_i = sum_k k G(k)/V [sin(k.r_i) A_k - cos(k.r_i) B_k] from the phase tables of
 :mod:`.ewald_tables`, A/B the cos/sin structure factors; cost ~ one extra K x N
-product per channel). 3D cells on the PME path differentiate in k-space on one mesh
-(:mod:`.channel_mesh`: -i k times the filtered density, three more inverse FFTs).
+product per channel). 3D cells on the PME path use one mesh of FFT-friendly size
+(:mod:`.channel_mesh`) for potentials and fields (-i k times the filtered density,
+three more inverse FFTs).
 Slabs take the gradient of the potential at zero-weight probe copies of the atoms
 ("ghosts"), one backward pass per channel with ``create_graph``, several times slower
 in training (forces need a double backward through it). All paths stay
@@ -69,7 +70,7 @@ class SmearedPotential(torch.nn.Module):
             torchpme.CoulombPotential(smearing=self.smearing),
             mesh_spacing=_reference_pme_spacing(self.smearing, accuracy),
             interpolation_nodes=PME_INTERPOLATION_NODES)
-        # 3D PME with fields: one mesh, field by k-space differentiation (torch-pme's mesh sizes
+        # 3D PME: one FFT-friendly mesh, fields by k-space differentiation (torch-pme's PME
         # and ghost probes are kept for slabs)
         self.mesh = ChannelKernelMesh(self.pme.mesh_spacing, PME_INTERPOLATION_NODES)
         # value of the kernel at r = 0: a ghost probe sees its own atom's cloud with this weight
@@ -121,25 +122,35 @@ class SmearedPotential(torch.nn.Module):
                   want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         n = positions.shape[0]
         use_pme = self.uses_pme(n, cell)
-        if not want_field:
+        if bool(pbc.all()):  # 3D: one FFT-friendly mesh (PME) or the Ewald phase tables, fields in k-space
+            if use_pme:
+                return self._mesh_sum(sources, positions, cell, want_field)
+            if want_field:
+                return self._ewald_with_field(sources, positions, cell)
+        if not want_field:  # 3D Ewald potentials and slabs: torch-pme
             return self._kspace(sources, positions, cell, pbc, use_pme), torch.zeros(
                 (n, sources.shape[1], 3), dtype=positions.dtype, device=positions.device)
-        if bool(pbc.all()):
-            if use_pme:
-                return self._mesh_with_field(sources, positions, cell)
-            return self._ewald_with_field(sources, positions, cell)
-        return self._ghost_field(sources, positions, cell, pbc, use_pme)
+        return self._ghost_field(sources, positions, cell, pbc, use_pme)  # slab fields
 
-    def _mesh_with_field(self, sources: torch.Tensor, positions: torch.Tensor,
-                         cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """3D-periodic V and E on one PME mesh (:class:`.channel_mesh.ChannelKernelMesh`, field in k-space)."""
+    def _without_self_and_background(self, raw: torch.Tensor, sources: torch.Tensor,
+                                     volume: torch.Tensor) -> torch.Tensor:
+        """A raw 3D k-space potential [N, C] less each atom's own cloud and (non-neutral channels)
+        torch-pme's neutralising background, as torch-pme's Ewald/PME return it."""
+        return raw - self.self_value * sources \
+            - 2.0 * self.ewald.potential.background_correction() * sources.sum(0) / volume
+
+    def _mesh_sum(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                  want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """3D-periodic V (and E, differentiated in k-space) on one PME mesh (:class:`.channel_mesh.ChannelKernelMesh`)."""
         kvectors = self.mesh.prepare(positions, cell)
         kernel = self.pme.potential.lr_from_k_sq((kvectors * kvectors).sum(-1))
-        potential, field = self.mesh.potential_and_field(sources, kernel, kvectors, cell)
-        volume = torch.abs(torch.linalg.det(cell))
-        potential = potential - self.self_value * sources \
-            - 2.0 * self.pme.potential.background_correction() * sources.sum(0) / volume
-        return potential, field
+        if want_field:
+            raw, field = self.mesh.potential_and_field(sources, kernel, kvectors, cell)
+        else:
+            raw = self.mesh.potential(sources, kernel, cell)
+            field = torch.zeros((positions.shape[0], sources.shape[1], 3), dtype=positions.dtype,
+                                device=positions.device)
+        return self._without_self_and_background(raw, sources, torch.abs(torch.linalg.det(cell))), field
 
     def _ewald_with_field(self, sources: torch.Tensor, positions: torch.Tensor,
                           cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +162,8 @@ class SmearedPotential(torch.nn.Module):
         cos, sin = ewald_phases(kvectors, positions)
         weighted_cos = kernel * (cos @ sources)  # [K, C]
         weighted_sin = kernel * (sin @ sources)
-        # torch-pme's Ewald potential: self term and (for non-neutral channels) background removed
-        potential = cos.transpose(0, 1) @ weighted_cos + sin.transpose(0, 1) @ weighted_sin \
-            - self.self_value * sources - 2.0 * self.ewald.potential.background_correction() * sources.sum(0) / volume
+        potential = self._without_self_and_background(
+            cos.transpose(0, 1) @ weighted_cos + sin.transpose(0, 1) @ weighted_sin, sources, volume)
         channels = sources.shape[1]
         k_weighted_cos = (weighted_cos.unsqueeze(-1) * kvectors.unsqueeze(1)).reshape(-1, channels * 3)
         k_weighted_sin = (weighted_sin.unsqueeze(-1) * kvectors.unsqueeze(1)).reshape(-1, channels * 3)
