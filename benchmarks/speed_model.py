@@ -214,9 +214,15 @@ def coulomb_call(method: str, batch, seed: int):
     return run
 
 
-def auto_method(n_atoms: int) -> str:
-    coulomb = GraphCoulomb(width=1.0, cutoff=5.0, accuracy=1e-5)
-    return "pme" if n_atoms > coulomb.pme_threshold else "ewald"
+def charge_plan(n_atoms: int, box: float):
+    """The k-space plan GraphCoulomb (width 1 Å, 1e-5) takes for a filled cubic box of side ``box`` Å."""
+    from mace_lr.electrostatics.kspace import KSpacePlanner
+
+    return KSpacePlanner(1e-5)(torch.eye(3, dtype=torch.float64) * box, n_atoms, math.sqrt(2.0), 1e6, 1, True, True)
+
+
+def auto_method(n_atoms: int, box: float) -> str:
+    return charge_plan(n_atoms, box).method
 
 
 def nonlocal_gb(n_atoms: int, box: float, accuracy: float, name: str) -> float:
@@ -229,7 +235,7 @@ def nonlocal_gb(n_atoms: int, box: float, accuracy: float, name: str) -> float:
     + forces (ewald_mp's block: 4.2 GB at 3000 atoms, 162^3; lode: 1.45 GB at 768 atoms
     and 1e-5, 225^3)."""
     from mace_lr.electrostatics.channel_mesh import channel_mesh_shape
-    from mace_lr.electrostatics.graph import _reference_pme_spacing
+    from mace_lr.electrostatics.parameters import _reference_pme_spacing
     from mace_lr.electrostatics.parameters import EWALD_MAX_WORK, ewald_work
     from mace_lr.electrostatics.smeared import SmearedPotential
 
@@ -243,18 +249,17 @@ def nonlocal_gb(n_atoms: int, box: float, accuracy: float, name: str) -> float:
 
 
 def estimated_gb(name: str, n_atoms: int, box: float, accuracy: float = 1e-5) -> float:
-    """Peak GB, from runs at 3000 atoms: torch-pme's Ewald ~54 B per (k-vector, atom) and
-    Coulomb sum, on its ceil(L / lr_wavelength)^3 cube (8.1 GB); backbone ~2.5 MB/atom."""
+    """Peak GB: backbone ~2.5 MB/atom; each charge head's sum as the k-space planner estimates it."""
     if name.startswith("coulomb"):
         heads, method = 1, name[8:-1]
     else:
         heads = name.count("latent") + name.count("charges")
-        method = name[7:-1] if "[" in name else auto_method(n_atoms)
+        method = name[7:-1] if "[" in name else auto_method(n_atoms, box)
     backbone = 0.0 if name.startswith("coulomb") else 2.5e-3 * n_atoms
     if name in ("qeq", "lode", "ewald_mp"):
         return backbone + nonlocal_gb(n_atoms, box, accuracy, name)
-    k_vectors = math.ceil(box / GraphCoulomb(width=1.0, cutoff=5.0, accuracy=1e-5).lr_wavelength) ** 3
-    return backbone + (heads * 54e-9 * k_vectors * n_atoms if method == "ewald" else 0.0)
+    del method  # the planner picks the cheaper method within its memory estimate
+    return backbone + heads * charge_plan(n_atoms, box).memory / 1e9
 
 
 # ------------------------------------------------------------------------------ timing
@@ -311,7 +316,7 @@ def run_size(n_atoms: int, args, repeats: int) -> dict:
     others = max((busy1 - busy0) - (own1 - own0), 0) / os.sysconf("SC_CLK_TCK") / wall
     return {
         "N": n_atoms, "molecules": n_atoms // 3, "box_A": float(atoms.cell[0, 0]),
-        "edges": int(batch["edge_index"].shape[1]), "auto_method": auto_method(n_atoms),
+        "edges": int(batch["edge_index"].shape[1]), "auto_method": auto_method(n_atoms, float(atoms.cell[0, 0])),
         "others_cores": others, "wall_s": wall, **times,
         "skipped": {name: m for name, m in models.items() if isinstance(m, str)},
     }

@@ -1,6 +1,6 @@
 """GraphCoulomb (the compilable Coulomb sum the heads use) against independent references.
 
-Madelung constants (point charges, real space on a vesin edge list at the model cutoff),
+Madelung constants (point charges; the real-space pairs come from the module's own list),
 the eager engine (smeared charges, slabs), a numpy double loop (open boundaries), and
 TorchScript = eager. Tolerances: accuracy 1e-6 is requested; energies per ion agree to
 ~1e-6 relative, potentials to 1e-5 V (the engine's own converged result at 1e-9).
@@ -50,7 +50,6 @@ def test_nacl_madelung_with_point_charges(method):
     atoms = bulk("NaCl", "rocksalt", a=5.64).repeat(3)
     charges = np.where(atoms.numbers == 11, 1.0, -1.0)
     module = GraphCoulomb(width=0.0, cutoff=CUTOFF, accuracy=1e-6, method=method)
-    assert module.needs_real_space
     potential = _potential(module, [atoms], charges)
     energy_per_pair = float(0.5 * (torch.as_tensor(charges) * potential).sum()) / (len(atoms) / 2)
     expected = -1.747565 * COULOMB_CONSTANT / 2.82

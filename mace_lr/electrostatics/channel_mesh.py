@@ -84,7 +84,10 @@ class ChannelKernelMesh(torch.nn.Module):
 
         Returns the k-vectors of the rfft grid, [nx, ny, nz // 2 + 1, 3] Å^-1.
         """
-        shape = channel_mesh_shape(cell, self.mesh_spacing)
+        return self.prepare_shape(positions, cell, channel_mesh_shape(cell, self.mesh_spacing))
+
+    def prepare_shape(self, positions: torch.Tensor, cell: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """:meth:`prepare` on a given mesh ``shape`` [3] (long) instead of one from the spacing."""
         self.interpolator.update(cell, shape)
         self.interpolator.compute_weights(positions)
         return generate_kvectors_for_mesh(cell, shape)
@@ -99,16 +102,20 @@ class ChannelKernelMesh(torch.nn.Module):
         transformed = torch.view_as_real(torch.fft.rfftn(mesh, dim=[1, 2, 3], norm="backward"))
         return transformed * kernel.unsqueeze(-1)  # real kernel: no complex copy of it
 
-    def _at_atoms(self, pairs: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    def _at_atoms(self, pairs: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
         """[N, C]: the inverse transform of real pairs [C, nx, ny, nz // 2 + 1, 2], read at the atoms, / volume."""
         ns = self.interpolator.ns_mesh
         back = torch.fft.irfftn(torch.view_as_complex(pairs.contiguous()), s=[int(ns[0]), int(ns[1]), int(ns[2])],
                                 dim=[1, 2, 3], norm="forward")
-        return self.interpolator.mesh_to_points(back) / torch.abs(torch.linalg.det(cell))
+        return self.interpolator.mesh_to_points(back) / volume
 
     def potential(self, sources: torch.Tensor, kernel: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """[N, C]: (1 / volume) sum_k kernel_c(k) rho_c(k) e^{ik.r_i} at the atoms of :meth:`prepare`."""
-        return self._at_atoms(self._filtered(sources, kernel), cell)
+        return self.potential_volume(sources, kernel, torch.abs(torch.linalg.det(cell)))
+
+    def potential_volume(self, sources: torch.Tensor, kernel: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+        """:meth:`potential` for a cell of ``volume`` (Å^3, differentiable)."""
+        return self._at_atoms(self._filtered(sources, kernel), volume)
 
     def potential_and_field(self, sources: torch.Tensor, kernel: torch.Tensor, kvectors: torch.Tensor,
                             cell: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -117,15 +124,20 @@ class ChannelKernelMesh(torch.nn.Module):
         The field is differentiated in k-space (-i k times the filtered density, one more
         inverse transform per direction), as P3M's "ik" scheme.
         """
+        return self.potential_and_field_volume(sources, kernel, kvectors, torch.abs(torch.linalg.det(cell)))
+
+    def potential_and_field_volume(self, sources: torch.Tensor, kernel: torch.Tensor, kvectors: torch.Tensor,
+                                   volume: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`potential_and_field` for a cell of ``volume`` (Å^3, differentiable)."""
         filtered = self._filtered(sources, kernel)
-        potential = self._at_atoms(filtered, cell)
+        potential = self._at_atoms(filtered, volume)
         real = filtered[..., 0]
         imaginary = filtered[..., 1]
         components: List[torch.Tensor] = []
         for axis in range(3):
             k = kvectors[..., axis]
             # -i k (a + i b) = k b - i k a
-            components.append(self._at_atoms(torch.stack([k * imaginary, -k * real], dim=-1), cell))
+            components.append(self._at_atoms(torch.stack([k * imaginary, -k * real], dim=-1), volume))
         return potential, torch.stack(components, dim=-1)
 
 

@@ -195,4 +195,23 @@ def _pme_mesh_spacing(
     return low
 
 
+#: Density (atoms/Å^3) of the synthetic system used to fix a PME mesh spacing without a structure.
+REFERENCE_DENSITY = 0.1
+
+
+def _reference_pme_spacing(smearing: float, accuracy: float) -> float:
+    """PME mesh spacing (Å) meeting ``accuracy`` for random +-1 charges at 0.1 /Å^3."""
+    generator = torch.Generator().manual_seed(0)
+    n_atoms = 512
+    length = (n_atoms / REFERENCE_DENSITY) ** (1.0 / 3.0)
+    cell = torch.eye(3, dtype=torch.float64) * length
+    positions = torch.rand(n_atoms, 3, generator=generator, dtype=torch.float64) * length
+    charges = torch.ones(n_atoms, dtype=torch.float64)
+    charges[1::2] = -1.0
+    return _pme_mesh_spacing(
+        positions, charges, cell, smearing, SAFETY_FACTOR * accuracy / PME_BOUND_CALIBRATION,
+        PME_INTERPOLATION_NODES,
+    )
+
+
 __all__ = ["KSpaceParameters", "choose_parameters", "SAFETY_FACTOR"]

@@ -37,8 +37,7 @@ import torchpme
 
 from .channel_mesh import ChannelKernelMesh
 from .ewald_tables import ewald_kvectors, ewald_phases
-from .graph import _reference_pme_spacing
-from .parameters import EWALD_MAX_WORK, PME_INTERPOLATION_NODES, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
+from .parameters import EWALD_MAX_WORK, PME_INTERPOLATION_NODES, _reference_pme_spacing, SAFETY_FACTOR, _gaussian_tail_argument, ewald_work
 
 
 class SmearedPotential(torch.nn.Module):
