@@ -26,6 +26,7 @@ import torch
 import torchpme
 from vesin_torch import NeighborList
 
+from .direct import pair_widths
 from .kspace import (
     MEMORY_BUDGET,
     KSpacePlan,
@@ -36,14 +37,6 @@ from .kspace import (
     occupied_density,
     self_potential,
 )
-
-def gaussian_pair_width(widths_i: torch.Tensor, widths_j: torch.Tensor) -> torch.Tensor:
-    """w_ij = sqrt(2 (s_i^2 + s_j^2)) (Å), with zero gradient (not NaN) for two point charges."""
-    squared = 2.0 * (widths_i * widths_i + widths_j * widths_j)
-    positive = squared > 0.0
-    return torch.where(positive, torch.sqrt(torch.where(positive, squared, torch.ones_like(squared))),
-                       torch.zeros_like(squared))
-
 
 class PeriodicCoulomb(torch.nn.Module):
     """phi [N] (e/Å) of Gaussian charges in one periodic cell; see the module docstring.
@@ -98,7 +91,7 @@ class PeriodicCoulomb(torch.nn.Module):
         shifts = found[2].to(cell.dtype)
         vectors = positions[j] - positions[i] + shifts @ cell
         distance = torch.linalg.norm(vectors, dim=1)
-        width = gaussian_pair_width(widths[i], widths[j])
+        width = pair_widths(widths[i], widths[j])
         smeared = width > 0.0
         physical = torch.where(smeared, torch.erf(distance / torch.where(smeared, width, torch.ones_like(width))),
                                torch.ones_like(distance))
@@ -107,4 +100,4 @@ class PeriodicCoulomb(torch.nn.Module):
         return potential.index_add(0, j, charges[i] * values)
 
 
-__all__ = ["PeriodicCoulomb", "gaussian_pair_width"]
+__all__ = ["PeriodicCoulomb"]
