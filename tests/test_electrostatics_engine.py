@@ -312,14 +312,17 @@ def test_bad_input_gives_clear_errors():
         atoms.get_potential_energy()
 
 
-def test_auto_method_choice_by_size():
-    from mace_lr.electrostatics import PME_THRESHOLD
-
-    engine = Electrostatics()
-    assert engine.periodic_method(10) == "ewald"
-    assert engine.periodic_method(PME_THRESHOLD) == "pme"
+def test_auto_method_choice_by_cost_and_fixed_legacy_parameters():
+    """``auto`` takes the cheaper plan of the k-space layer (Ewald for a few atoms, PME for
+    thousands); legacy fixed ``KSpaceParameters`` become the equivalent fixed plan."""
+    engine = Electrostatics(accuracy=1e-5)
+    small = random_neutral_ions(4, TRICLINIC, seed=1)
+    assert engine.plan(torch.tensor(small.positions), torch.tensor(TRICLINIC)).method == "ewald"
+    big = torch.rand(3000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 31.0
+    assert engine.plan(big, torch.eye(3, dtype=torch.float64) * 31.0).method == "pme"
     params = choose_parameters("pme", torch.zeros(4, 3), torch.ones(4), torch.eye(3) * 6.0, 1e-5)
-    assert params.method == "pme" and params.mesh_spacing > 0
+    fixed = Electrostatics(parameters=params).plan(torch.zeros(4, 3), torch.eye(3) * 6.0)
+    assert fixed.method == "pme" and fixed.smearing == params.smearing and min(fixed.mesh) >= 12
 
 
 @pytest.mark.parametrize("method", ["ewald", "pme"])

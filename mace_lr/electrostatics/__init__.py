@@ -4,7 +4,7 @@ Main entry point: :class:`Electrostatics` (batched energies, potentials, fields 
 Gaussian-smeared charges and point dipoles; direct sum, Ewald, PME, slab).
 """
 
-from .coulomb import METHODS, PME_THRESHOLD, Electrostatics
+from .coulomb import METHODS, Electrostatics
 from .neighbors import PairList, half_neighbor_list
 from .parameters import KSpaceParameters, choose_parameters
 from .units import COULOMB_CONSTANT
@@ -16,7 +16,6 @@ __all__ = [
     "ElectrostaticsInputError",
     "KSpaceParameters",
     "METHODS",
-    "PME_THRESHOLD",
     "PairList",
     "choose_parameters",
     "half_neighbor_list",

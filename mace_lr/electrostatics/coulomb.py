@@ -1,10 +1,12 @@
 """The electrostatics engine: energies, potentials and fields of charges and dipoles.
 
 One call handles a batch of structures; each structure gets the method its ``pbc``
-allows: the exact direct sum for open boundaries (pbc all False), Ewald or PME
-(torch-pme) for 3D periodic cells, and the 3D sum plus a dipole correction for slabs
-(two periodic directions). ``method="auto"`` takes Ewald below
-:data:`PME_THRESHOLD` atoms and PME above.
+allows: the exact direct sum for open boundaries (pbc all False), and for 3D cells and
+slabs (two periodic directions, slab correction) the one periodic Coulomb sum of the
+package, :class:`.split_coulomb.PeriodicCoulomb` on the k-space layer (:mod:`.kspace`):
+``method="auto"`` takes Ewald or PME, the splitting width and cutoffs by a measured cost
+model for the requested accuracy (the same code the model heads run). Fields are
+analytic. Point dipoles (3D only) add torch-pme's dipole Ewald sum.
 
 Units: positions and cells Å, charges e, dipoles e·Å; energy eV, potential V
 (= eV/e, the derivative dE/dq_i), field V/Å (the field of all *other* sites at atom i,
@@ -13,11 +15,15 @@ so that the force on a charge is q_i E_i and dE/dmu_i = -E_i).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .direct import direct_sum
+from .kspace import MEMORY_BUDGET, KSpacePlan, cell_geometry, mesh_shape
 from .parameters import KSpaceParameters, choose_parameters
-from .periodic import periodic_charge_dipole_sum, periodic_charge_sum
+from .periodic import periodic_charge_dipole_sum
+from .split_coulomb import PeriodicCoulomb
 from .units import COULOMB_CONSTANT
 from .validation import (
     ElectrostaticsInputError,
@@ -29,10 +35,16 @@ from .validation import (
     warn_if_charged,
 )
 
-#: Atom count from which ``method="auto"`` uses PME instead of Ewald (see benchmarks).
-PME_THRESHOLD = 3000
-
 METHODS = ("auto", "direct", "ewald", "pme")
+
+
+def plan_from_parameters(params: KSpaceParameters, cell: torch.Tensor) -> KSpacePlan:
+    """Fixed legacy settings as a k-space plan: Ewald's wavelength lambda becomes the sphere
+    |k| <= pi / lambda (torch-pme sums a box around it), PME's spacing an FFT-friendly mesh."""
+    if params.method == "ewald":
+        return KSpacePlan("ewald", params.smearing, params.cutoff, math.pi / params.lr_wavelength, [0, 0, 0], 0.0, 0.0)
+    _, widths, _ = cell_geometry(cell)
+    return KSpacePlan("pme", params.smearing, params.cutoff, 0.0, mesh_shape(widths, params.mesh_spacing, 6), 0.0, 0.0)
 
 
 class Electrostatics(torch.nn.Module):
@@ -43,10 +55,12 @@ class Electrostatics(torch.nn.Module):
     :param smearing: Gaussian width (std, Å) of every charge; 0 for point charges.
         The self-energy of each Gaussian is excluded. ``forward(widths=...)`` takes
         per-atom widths instead (e.g. learned per element).
-    :param accuracy: target relative error of forces and energy (see
-        :mod:`mace_lr.electrostatics.parameters`).
-    :param parameters: fixed Ewald/PME settings for every periodic structure, instead
-        of choosing them per structure from ``accuracy``.
+    :param accuracy: target relative RMS force error (relative to the Coulomb scale of
+        neighbouring charges; see :mod:`mace_lr.electrostatics.kspace`).
+    :param parameters: fixed Ewald/PME settings for every periodic structure
+        (:class:`.kspace.KSpacePlan`, or legacy :class:`.parameters.KSpaceParameters`),
+        instead of choosing them per structure from ``accuracy``.
+    :param memory_budget: bytes one periodic sum may use; larger plans are refused.
     """
 
     def __init__(
@@ -54,7 +68,8 @@ class Electrostatics(torch.nn.Module):
         method: str = "auto",
         smearing: float = 0.0,
         accuracy: float = 1e-6,
-        parameters: KSpaceParameters | None = None,
+        parameters: KSpacePlan | KSpaceParameters | None = None,
+        memory_budget: float = MEMORY_BUDGET,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -67,14 +82,18 @@ class Electrostatics(torch.nn.Module):
         self.smearing = float(smearing)
         self.accuracy = float(accuracy)
         self.parameters = parameters
+        self.coulomb = PeriodicCoulomb(accuracy, "auto" if method == "direct" else method, memory_budget)
 
-    def periodic_method(self, n_atoms: int) -> str:
-        """The k-space method used for a periodic structure of ``n_atoms``."""
+    def plan(self, positions: torch.Tensor, cell: torch.Tensor, widths: torch.Tensor | None = None) -> KSpacePlan:
+        """The k-space plan of one periodic structure (positions [N, 3] Å, cell [3, 3] Å)."""
+        if isinstance(self.parameters, KSpaceParameters):
+            return plan_from_parameters(self.parameters, cell)
         if self.parameters is not None:
-            return self.parameters.method
-        if self.method == "auto":
-            return "pme" if n_atoms >= PME_THRESHOLD else "ewald"
-        return self.method
+            return self.parameters
+        if widths is None:
+            widths = torch.full((positions.shape[0],), self.smearing, dtype=positions.dtype)
+        max_width = float(widths.detach().max()) if positions.shape[0] > 0 else 0.0
+        return self.coulomb.plan(positions, cell, max_width, bool((widths.detach() == max_width).all()))
 
     def forward(
         self,
@@ -185,22 +204,24 @@ class Electrostatics(torch.nn.Module):
                     "use 3D periodic boundaries (dipoles with tin-foil Ewald) or pbc=False."
                 )
         warn_if_charged(float(charges.detach().sum()), graph)
-        params = self.parameters or choose_parameters(
-            self.periodic_method(positions.shape[0]), positions, charges, cell, self.accuracy
-        )
+        if widths is None:
+            widths = torch.zeros_like(charges)
+        plan = self.plan(positions, cell, widths)
+
+        def charge_sum(q: torch.Tensor, want_field: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            try:
+                potential, field = self.coulomb.potential_and_field_with_plan(
+                    q.unsqueeze(-1), positions, cell, pbc, widths, want_field, plan)
+            except ValueError as error:  # coincident point charges
+                raise ElectrostaticsInputError(f"structure {graph}: {error}") from None
+            return potential.squeeze(-1), field.squeeze(1)
+
         if dipoles is None:
-            potential, field = periodic_charge_sum(
-                positions, charges, cell, pbc, params, widths, self.accuracy,
-                compute_field, graph,
-            )
-            return 0.5 * (charges * potential).sum(), potential, field
-        dipole_params = params
-        if params.method != "ewald":  # torch-pme sums dipoles with Ewald only
-            dipole_params = choose_parameters("ewald", positions, charges, cell, self.accuracy)
-        return periodic_charge_dipole_sum(
-            positions, charges, dipoles, cell, pbc, params, dipole_params,
-            widths, self.accuracy, graph,
-        )
+            potential, field = charge_sum(charges, compute_field)
+            return 0.5 * (charges * potential).sum(), potential, field if compute_field else None
+        # torch-pme sums point dipoles with Ewald only
+        dipole_params = choose_parameters("ewald", positions, charges, cell, self.accuracy)
+        return periodic_charge_dipole_sum(positions, charges, dipoles, cell, dipole_params, charge_sum, widths, graph)
 
 
-__all__ = ["Electrostatics", "PME_THRESHOLD", "METHODS"]
+__all__ = ["Electrostatics", "METHODS", "plan_from_parameters"]

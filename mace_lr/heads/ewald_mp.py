@@ -12,15 +12,14 @@ the atoms. A linear map U_l (small at initialisation, so training starts close t
 backbone) adds it to the layer's invariant features, which the next interaction and the
 readouts then see.
 
-Boundary conditions are explicit: periodic cells (3D or slabs) use torch-pme's Ewald/PME
-for the k-space sums; open-boundary structures use the *same* real-space kernel summed
-exactly over all pairs (never a padded periodic box). Both are differentiable in
-positions and cell. 3D cells take all widths in one k-space pass, with the finest
-width's settings (which the wider kernels need less of): on the Ewald path the filter
-f_c(k) is applied to one set of structure factors on that width's k-vectors
-(:mod:`mace_lr.electrostatics.ewald_tables`); above the Ewald work limit, to one
-C-channel PME mesh (:mod:`mace_lr.electrostatics.channel_mesh`). Slabs take one
-torch-pme call per width (its slab correction).
+Boundary conditions are explicit: periodic cells (3D or slabs) use the k-space layer
+(:mod:`mace_lr.electrostatics.kspace`); open-boundary structures use the *same*
+real-space kernel summed exactly over all pairs (never a padded periodic box). Both are
+differentiable in positions and cell. 3D cells take all widths in one pure k-space pass
+planned for the finest width (which the wider kernels need less of): the planner picks
+Ewald or a C-channel PME mesh by cost, and the filter f_c(k) is applied to the one set of
+structure factors. Slabs take one :class:`~mace_lr.electrostatics.smeared.SmearedPotential`
+call per width (its slab correction).
 """
 
 from __future__ import annotations
@@ -30,9 +29,16 @@ from typing import List, Sequence, Tuple
 import torch
 from e3nn import o3
 
-from ..electrostatics.channel_mesh import ChannelKernelMesh
-from ..electrostatics.ewald_tables import ewald_kvectors, ewald_phases
-from ..electrostatics.parameters import PME_INTERPOLATION_NODES
+from ..electrostatics.kspace import (
+    MEMORY_BUDGET,
+    KSpacePlan,
+    KSpacePlanner,
+    ReciprocalSum,
+    background_potential,
+    coulomb_kernel,
+    occupied_density,
+    self_potential,
+)
 from ..electrostatics.smeared import SmearedPotential, neutralise, smeared_method
 
 
@@ -61,10 +67,10 @@ class EwaldMessageBlock(torch.nn.Module):
         self.to_channels = torch.nn.Linear(num_scalars, channels, bias=False)
         self.potentials = torch.nn.ModuleList([SmearedPotential(s, accuracy, smeared_method(method)) for s in smearings])
         self.smearings = [float(s) for s in smearings]
-        # the single k-space pass runs on the finest width's k-vectors (the shortest wavelength)
-        self.finest_wavelength = min(potential.lr_wavelength for potential in self.potentials)
-        self.mesh = ChannelKernelMesh(min(potential.pme.mesh_spacing for potential in self.potentials),
-                                      PME_INTERPOLATION_NODES)
+        # the single k-space pass is planned for the finest width (the shortest wavelength)
+        self.finest = min(self.smearings)
+        self.planner = KSpacePlanner(accuracy, smeared_method(method), MEMORY_BUDGET)
+        self.reciprocal = ReciprocalSum()
         self.filter = torch.nn.Parameter(torch.full((len(smearings), channels), 1.0 / len(smearings)))
         self.to_features = torch.nn.Linear(channels, num_scalars, bias=False)
         with torch.no_grad():  # small: training starts close to the plain backbone, every weight has a gradient
@@ -81,23 +87,30 @@ class EwaldMessageBlock(torch.nn.Module):
             if not self._single_pass(cell[g], pbc[g]):
                 messages.append(self._message_per_width(sources[start:stop], positions[start:stop], cell[g:g + 1],
                                                         pbc[g:g + 1]))
-            elif self._uses_mesh(stop - start, cell[g]):
-                messages.append(self._mesh_message(sources[start:stop], positions[start:stop], cell[g]))
             else:
-                messages.append(self._ewald_message(sources[start:stop], positions[start:stop], cell[g]))
+                messages.append(self._single_pass_message(sources[start:stop], positions[start:stop], cell[g]))
         message = torch.cat(messages, dim=0)
         return node_feats.index_add(1, self.scalar_index, self.to_features(message))
 
+    def __setstate__(self, state: dict) -> None:
+        """Upgrade a block pickled before the k-space layer (own Ewald tables and mesh)."""
+        super().__setstate__(state)
+        if "reciprocal" not in self._modules:
+            self._modules.pop("mesh", None)
+            self.__dict__.pop("finest_wavelength", None)
+            first = self.potentials[0]
+            self.finest = min(self.smearings)
+            self.planner = KSpacePlanner(first.accuracy, first.method, MEMORY_BUDGET)
+            self.reciprocal = ReciprocalSum()
+
     def _single_pass(self, cell: torch.Tensor, pbc: torch.Tensor) -> bool:
-        """3D-periodic: :meth:`_ewald_message` or :meth:`_mesh_message` applies (else one call per width)."""
+        """3D-periodic: :meth:`_single_pass_message` applies (else one call per width)."""
         return bool(pbc.all())
 
-    def _uses_mesh(self, n: int, cell: torch.Tensor) -> bool:
-        """Whether the single pass takes the mesh: some width (the finest) would take PME."""
-        for potential in self.potentials:
-            if potential.uses_pme(n, cell):
-                return True
-        return False
+    def plan(self, positions: torch.Tensor, cell: torch.Tensor, channels: int) -> KSpacePlan:
+        """The single pass's plan: pure k-space at the finest width, Ewald or PME by cost."""
+        return self.planner(cell, positions.shape[0], self.finest, self.finest, channels, False, False,
+                            occupied_density(positions, cell))
 
     def _message_per_width(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                            pbc: torch.Tensor) -> torch.Tensor:
@@ -109,45 +122,29 @@ class EwaldMessageBlock(torch.nn.Module):
             message = message + self.filter[m] * self.smearings[m] * values
         return message
 
-    def _mixed_kernel(self, k_squared: torch.Tensor, sources: torch.Tensor,
-                      volume: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(f_c(k) [C, P] on the flattened |k|^2 [P] Å^-2, correction [N, C]) for the single pass.
-
-        The correction is each width's own-cloud self term and, for non-neutral channels,
-        torch-pme's background term, mixed like the kernels.
-        """
+    def _single_pass_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """:meth:`_message_per_width` for a 3D cell in one k-space pass: the filter
+        f_c(k) = sum_m a_mc s_m G_{s_m}(k) on one set of structure factors, less each width's
+        own-cloud and background terms mixed the same way."""
+        plan = self.plan(positions, cell, sources.shape[1])
+        kvectors = self.reciprocal.prepare(positions, cell, plan)
+        k_squared = (kvectors * kvectors).sum(-1)
+        volume = torch.abs(torch.linalg.det(cell))
+        weights = self.filter * torch.tensor(self.smearings, dtype=sources.dtype,
+                                             device=sources.device).unsqueeze(-1)  # a_mc s_m [M, C]
         kernels: List[torch.Tensor] = []
         self_values: List[float] = []
         backgrounds: List[torch.Tensor] = []
-        for potential in self.potentials:
-            kernels.append(potential.ewald.potential.lr_from_k_sq(k_squared))
-            self_values.append(potential.self_value)
-            backgrounds.append(potential.ewald.potential.background_correction())
-        smearings = torch.tensor(self.smearings, dtype=sources.dtype, device=sources.device)
-        weights = self.filter * smearings.unsqueeze(-1)  # a_mc s_m [M, C]
-        kernel = weights.transpose(0, 1) @ torch.stack(kernels)  # [C, P]
+        for s in self.smearings:
+            kernels.append(coulomb_kernel(k_squared, s).reshape(-1))
+            self_values.append(self_potential(s))
+            backgrounds.append(background_potential(s, volume))
+        kernel = (weights.transpose(0, 1) @ torch.stack(kernels)).reshape([sources.shape[1]] + list(k_squared.shape))
+        message = self.reciprocal.potential(sources, kernel)
+        self.reciprocal.release()
         self_value = torch.tensor(self_values, dtype=sources.dtype, device=sources.device)
-        background = torch.stack(backgrounds).to(sources.dtype).reshape(-1)
-        correction = (self_value @ weights) * sources + (background @ weights) * (2.0 * sources.sum(0) / volume)
-        return kernel, correction
-
-    def _ewald_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """:meth:`_message_per_width` for a 3D cell in one Ewald pass (k-vectors of the finest width)."""
-        kvectors, multiplicity = ewald_kvectors(cell, self.finest_wavelength)
-        volume = torch.abs(torch.linalg.det(cell))
-        kernel, correction = self._mixed_kernel((kvectors * kvectors).sum(-1), sources, volume)
-        kernel = kernel.transpose(0, 1) * (multiplicity / volume).unsqueeze(-1)  # [K, C]
-        cos, sin = ewald_phases(kvectors, positions)
-        return cos.transpose(0, 1) @ (kernel * (cos @ sources)) + sin.transpose(0, 1) @ (kernel * (sin @ sources)) \
-            - correction
-
-    def _mesh_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """:meth:`_message_per_width` for a 3D cell in one pass on a C-channel PME mesh (finest width's spacing)."""
-        kvectors = self.mesh.prepare(positions, cell)
-        k_squared = (kvectors * kvectors).sum(-1)
-        kernel, correction = self._mixed_kernel(k_squared.reshape(-1), sources, torch.abs(torch.linalg.det(cell)))
-        kernel = kernel.reshape([sources.shape[1]] + list(k_squared.shape))
-        return self.mesh.potential(sources, kernel, cell) - correction
+        background = torch.stack(backgrounds).to(sources.dtype)
+        return message - (self_value @ weights) * sources - (background @ weights) * sources.sum(0)
 
 
 class EwaldMessagePassing(torch.nn.Module):
