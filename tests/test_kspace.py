@@ -142,3 +142,37 @@ def test_old_pickled_graph_coulomb_loads_and_matches():
             torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.float64))
     torch.testing.assert_close(loaded(*args), new(*args), rtol=0, atol=0)
     assert not hasattr(loaded, "pme_threshold")
+
+
+def test_old_pickled_smeared_potential_and_message_block_load_and_match():
+    """LODE / Wannier-centroid potentials and ewald_mp blocks saved before the layer (torch-pme
+    calculators, own mesh, an Ewald wavelength encoding the accuracy) load onto the layer with
+    the accuracy recovered from that wavelength."""
+    import mace  # noqa: F401  (before e3nn, which ewald_mp imports)
+    import torchpme
+
+    from mace_lr.electrostatics.smeared import SmearedPotential
+    from mace_lr.heads.ewald_mp import EwaldMessageBlock
+
+    positions, charges, cell = _jittered_box(3, 0.1, seed=3)
+    sources = torch.stack([charges, charges.roll(1)], dim=1)
+    args = (sources, positions, cell[None], torch.ones(1, 3, dtype=torch.bool), torch.tensor([0, len(charges)]))
+    new = SmearedPotential(1.2, accuracy=1e-6)
+    old = SmearedPotential(1.2, accuracy=1e-6)
+    del old._modules["periodic"]
+    x = math.sqrt(2.0 * math.log(1.0 / (0.1 * 1e-6)))  # the old rule: exp(-x^2 / 2) = 0.1 accuracy
+    old._modules["ewald"] = torchpme.EwaldCalculator(torchpme.CoulombPotential(smearing=1.2), lr_wavelength=1.0)
+    old.__dict__.update(lr_wavelength=math.pi * 1.2 / x, pme_threshold=3000, ewald_max_work=5e7, self_value=0.6)
+    del old.__dict__["accuracy"]
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.accuracy == pytest.approx(1e-6) and not hasattr(loaded, "lr_wavelength")
+    for a, b in zip(loaded(*args), new(*args)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    block = EwaldMessageBlock(0, torch.arange(2), 2, (0.8, 1.6), accuracy=1e-6).double()
+    reference = block._single_pass_message(sources, positions, cell)
+    del block._modules["reciprocal"]
+    del block._modules["planner"]
+    block.__dict__.update(finest_wavelength=0.3)
+    restored = pickle.loads(pickle.dumps(block))
+    torch.testing.assert_close(restored._single_pass_message(sources, positions, cell), reference, rtol=0, atol=0)
