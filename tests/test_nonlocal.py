@@ -222,11 +222,21 @@ def test_ewald_mp_single_pass_equals_one_potential_per_width():
     block, positions, cell, sources = _message_block_and_box(1e-8)
     pbc = torch.ones(3, dtype=torch.bool)
     assert block._single_pass(cell, pbc) and block.plan(positions, cell, 3).method == "ewald"
-    assert not block._single_pass(cell, torch.tensor([True, True, False]))
-    single = block._single_pass_message(sources, positions, cell)
+    assert not block._single_pass(cell, torch.zeros(3, dtype=torch.bool))
+    single = block._single_pass_message(sources, positions, cell, pbc)
     per_width = block._message_per_width(sources, positions, cell[None], pbc[None])
     torch.testing.assert_close(single, per_width, rtol=0, atol=1e-7)
     assert float(single.abs().max()) > 0.1
+    # slab: the same single pass plus the width-independent slab correction
+    slab_cell = torch.diag(torch.tensor([9.0, 8.5, 28.0], dtype=torch.float64))
+    slab_positions = positions @ torch.linalg.inv(cell) @ torch.diag(torch.tensor([9.0, 8.5, 9.5],
+                                                                                  dtype=torch.float64))
+    slab_positions[:, 2] += 9.0
+    slab = torch.tensor([True, True, False])
+    assert block._single_pass(slab_cell, slab)
+    single = block._single_pass_message(sources, slab_positions, slab_cell, slab)
+    per_width = block._message_per_width(sources, slab_positions, slab_cell[None], slab[None])
+    torch.testing.assert_close(single, per_width, rtol=0, atol=1e-7)
 
 
 def test_ewald_mp_mesh_pass_equals_the_ewald_pass_with_gradients():
@@ -251,8 +261,9 @@ def test_ewald_mp_mesh_pass_equals_the_ewald_pass_with_gradients():
         dp, dc = torch.autograd.grad((message * weights).sum(), [p, c])
         return message, dp, dc
 
-    mesh = message_and_gradients(block._single_pass_message)
-    ewald = message_and_gradients(reference._single_pass_message)
+    pbc = torch.ones(3, dtype=torch.bool)
+    mesh = message_and_gradients(lambda *a: block._single_pass_message(*a, pbc))
+    ewald = message_and_gradients(lambda *a: reference._single_pass_message(*a, pbc))
     for name, a, b, tolerance in zip(("message", "d/dpositions", "d/dcell"), mesh, ewald, (1e-5, 1e-5, 1e-5)):
         torch.testing.assert_close(a, b, rtol=0, atol=tolerance, msg=name)
         assert float(b.abs().max()) > 0.1, name

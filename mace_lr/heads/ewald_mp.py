@@ -18,8 +18,8 @@ real-space kernel summed exactly over all pairs (never a padded periodic box). B
 differentiable in positions and cell. 3D cells take all widths in one pure k-space pass
 planned for the finest width (which the wider kernels need less of): the planner picks
 Ewald or a C-channel PME mesh by cost, and the filter f_c(k) is applied to the one set of
-structure factors. Slabs take one :class:`~mace_lr.electrostatics.smeared.SmearedPotential`
-call per width (its slab correction).
+structure factors. Slabs take the same pass plus torch-pme's slab correction, which does
+not depend on the width.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 import torch
+import torchpme
 from e3nn import o3
 
 from ..electrostatics.kspace import (
@@ -71,6 +72,7 @@ class EwaldMessageBlock(torch.nn.Module):
         self.finest = min(self.smearings)
         self.planner = KSpacePlanner(accuracy, smeared_method(method), MEMORY_BUDGET)
         self.reciprocal = ReciprocalSum()
+        self.slab = torchpme.CoulombPotential(smearing=1.0)  # its pbc_correction does not depend on the smearing
         self.filter = torch.nn.Parameter(torch.full((len(smearings), channels), 1.0 / len(smearings)))
         self.to_features = torch.nn.Linear(channels, num_scalars, bias=False)
         with torch.no_grad():  # small: training starts close to the plain backbone, every weight has a gradient
@@ -88,7 +90,8 @@ class EwaldMessageBlock(torch.nn.Module):
                 messages.append(self._message_per_width(sources[start:stop], positions[start:stop], cell[g:g + 1],
                                                         pbc[g:g + 1]))
             else:
-                messages.append(self._single_pass_message(sources[start:stop], positions[start:stop], cell[g]))
+                messages.append(self._single_pass_message(sources[start:stop], positions[start:stop], cell[g],
+                                                          pbc[g]))
         message = torch.cat(messages, dim=0)
         return node_feats.index_add(1, self.scalar_index, self.to_features(message))
 
@@ -102,10 +105,12 @@ class EwaldMessageBlock(torch.nn.Module):
             self.finest = min(self.smearings)
             self.planner = KSpacePlanner(first.accuracy, first.method, MEMORY_BUDGET)
             self.reciprocal = ReciprocalSum()
+        if "slab" not in self._modules:
+            self.slab = torchpme.CoulombPotential(smearing=1.0)
 
     def _single_pass(self, cell: torch.Tensor, pbc: torch.Tensor) -> bool:
-        """3D-periodic: :meth:`_single_pass_message` applies (else one call per width)."""
-        return bool(pbc.all())
+        """3D cells and slabs: :meth:`_single_pass_message` applies (open boundaries: one exact sum per width)."""
+        return int(pbc.sum()) >= 2
 
     def plan(self, positions: torch.Tensor, cell: torch.Tensor, channels: int) -> KSpacePlan:
         """The single pass's plan: pure k-space at the finest width, Ewald or PME by cost."""
@@ -122,10 +127,12 @@ class EwaldMessageBlock(torch.nn.Module):
             message = message + self.filter[m] * self.smearings[m] * values
         return message
 
-    def _single_pass_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """:meth:`_message_per_width` for a 3D cell in one k-space pass: the filter
+    def _single_pass_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                             pbc: torch.Tensor) -> torch.Tensor:
+        """:meth:`_message_per_width` for a 3D cell or slab in one k-space pass: the filter
         f_c(k) = sum_m a_mc s_m G_{s_m}(k) on one set of structure factors, less each width's
-        own-cloud and background terms mixed the same way."""
+        own-cloud and background terms mixed the same way; slabs add the slab correction
+        (the same for every width) times sum_m a_mc s_m."""
         plan = self.plan(positions, cell, sources.shape[1])
         kvectors = self.reciprocal.prepare(positions, cell, plan)
         k_squared = (kvectors * kvectors).sum(-1)
@@ -144,7 +151,10 @@ class EwaldMessageBlock(torch.nn.Module):
         self.reciprocal.release()
         self_value = torch.tensor(self_values, dtype=sources.dtype, device=sources.device)
         background = torch.stack(backgrounds).to(sources.dtype)
-        return message - (self_value @ weights) * sources - (background @ weights) * sources.sum(0)
+        message = message - (self_value @ weights) * sources - (background @ weights) * sources.sum(0)
+        if not bool(pbc.all()):
+            message = message + weights.sum(0) * self.slab.pbc_correction(pbc, positions, cell, sources)
+        return message
 
 
 class EwaldMessagePassing(torch.nn.Module):
