@@ -360,6 +360,34 @@ class ReciprocalSum(torch.nn.Module):
         field = self.sin.transpose(0, 1) @ k_cos - self.cos.transpose(0, 1) @ k_sin
         return potential, field.view(sources.shape[0], channels, 3)
 
+    def potential_and_field_with_dipoles(self, charges: torch.Tensor, dipoles: torch.Tensor,
+                                         kernel: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(V [N], E = -grad V [N, 3]) of charges [N] plus dipoles [N, 3] (point-like sources
+        q_j + p_j . grad_{r_j} of the kernel), kernel [K] (Ewald) or [nx, ny, nz // 2 + 1] (PME), real:
+
+            V_i = (1 / V) sum_k G(k) S(k) e^{ik.r_i},   S(k) = sum_j (q_j - i k.p_j) e^{-ik.r_j}.
+
+        Includes every atom's own clouds, as :meth:`potential`. The energy of the sources is
+        1/2 sum_i (q_i V_i - p_i . E_i). Ewald: the structure factors of q and of the three
+        dipole components from the phase tables, S = A - i B with A = cos q - k . (sin p),
+        B = sin q + k . (cos p); PME: :meth:`.ChannelKernelMesh.potential_and_field_with_dipoles_volume`.
+        """
+        if self.use_mesh:
+            return self.mesh.potential_and_field_with_dipoles_volume(charges, dipoles, kernel, self.kvectors,
+                                                                    self.volume)
+        sources = torch.cat([charges.unsqueeze(-1), dipoles], dim=1)  # [N, 4]
+        cos_sums = self.cos @ sources  # [K, 4]
+        sin_sums = self.sin @ sources
+        real = cos_sums[:, 0] - (self.kvectors * sin_sums[:, 1:]).sum(-1)  # S = real - i imaginary
+        imaginary = sin_sums[:, 0] + (self.kvectors * cos_sums[:, 1:]).sum(-1)
+        weight = self.multiplicity * kernel / self.volume
+        real = (weight * real).unsqueeze(-1)  # [K, 1]
+        imaginary = (weight * imaginary).unsqueeze(-1)
+        # V = cos . (w A) + sin . (w B);  E = sin . (w A k) - cos . (w B k)
+        from_cos = self.cos.transpose(0, 1) @ torch.cat([real, imaginary * self.kvectors], dim=1)  # [N, 4]
+        from_sin = self.sin.transpose(0, 1) @ torch.cat([imaginary, real * self.kvectors], dim=1)
+        return from_cos[:, 0] + from_sin[:, 0], from_sin[:, 1:] - from_cos[:, 1:]
+
 
 def ewald_half_sphere(cell: torch.Tensor, kcut: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """(k-vectors [K, 3] Å^-1, multiplicity [K]): one of every (k, -k) pair with 0 < |k| <= kcut.
