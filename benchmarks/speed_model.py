@@ -226,26 +226,20 @@ def auto_method(n_atoms: int, box: float) -> str:
 
 
 def nonlocal_gb(n_atoms: int, box: float, accuracy: float, name: str) -> float:
-    """qeq / lode / ewald_mp (k-space Gaussian width ~1 Å): 'auto' caps Ewald's tables at
-    EWALD_MAX_WORK (~3 GB), above it PME. qeq (conjugate gradients, 2 right-hand sides):
-    budgeted on torch-pme's power-of-two mesh at ~220 B per point and channel (measured on
-    lode's former ghost path: 9.2 GB at 768 atoms, 256^3, 2 channels); its products now
-    run on the smaller channel mesh, so this is conservative. lode (2 densities) and ewald_mp (16 channels): one
-    mesh of FFT-friendly size (``channel_mesh``), ~65 B per point and channel for energy
-    + forces (ewald_mp's block: 4.2 GB at 3000 atoms, 162^3; lode: 1.45 GB at 768 atoms
-    and 1e-5, 225^3)."""
-    from mace_lr.electrostatics.channel_mesh import channel_mesh_shape
-    from mace_lr.electrostatics.parameters import _reference_pme_spacing
-    from mace_lr.electrostatics.parameters import EWALD_MAX_WORK, ewald_work
-    from mace_lr.electrostatics.smeared import SmearedPotential
+    """qeq / lode / ewald_mp: the memory estimate of the k-space layer's plan for their sum
+    (GB): lode's 2 densities of width 1 Å (split by cost), ewald_mp's 16 channels (pure
+    k-space at its finest width, 1 Å), qeq's charges (widths up to 1 Å, 2 right-hand sides)."""
+    from mace_lr.electrostatics.kspace import KSpacePlanner
 
+    planner = KSpacePlanner(accuracy)
     cell = torch.eye(3, dtype=torch.float64) * box
-    if ewald_work(cell, SmearedPotential(1.0, accuracy).lr_wavelength, n_atoms) <= EWALD_MAX_WORK:
-        return 3.0
-    spacing = _reference_pme_spacing(1.0, accuracy)
-    if name in ("ewald_mp", "lode"):
-        return 65e-9 * int(channel_mesh_shape(cell, spacing).prod()) * (16 if name == "ewald_mp" else 2)
-    return 220e-9 * int(torchpme.lib.get_ns_mesh(cell, spacing).prod()) * 2
+    if name == "ewald_mp":
+        plan = planner(cell, n_atoms, 1.0, 1.0, 16, False, False)
+    elif name == "lode":
+        plan = planner(cell, n_atoms, 1.0, 1.0e6, 2, True, True)
+    else:
+        plan = planner(cell, n_atoms, math.sqrt(2.0), 1.0e6, 2, True, False)
+    return plan.memory / 1e9
 
 
 def estimated_gb(name: str, n_atoms: int, box: float, accuracy: float = 1e-5) -> float:
