@@ -11,7 +11,9 @@ seconds per solve (median of ``--repeats``; one solve from 3,000 atoms on), PCG
 iterations, and the largest charge difference between the two solvers where both ran. The dense solver is skipped where its
 estimated memory exceeds ``--memory-budget-gb``
 (:meth:`~mace_lr.electrostatics.qeq.GaussianCoulombOperator.dense_memory_bytes`; periodic:
-torch-pme's k-space sums on N unit-charge channels; open: the N x N matrix).
+the k-space plan's reciprocal sum of N unit-charge columns; open: the N x N matrix).
+Periodic sums: the k-space layer's plan per structure (Ewald or PME by cost, see
+:mod:`mace_lr.electrostatics.kspace`), prepared once per solve.
 
     python benchmarks/speed_qeq.py                      # 100 ... 10,000 atoms
     python benchmarks/speed_qeq.py --sizes 100,1000     # a subset
@@ -66,7 +68,8 @@ def lattice_ions(n_atoms: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, f
 def dense_memory_gb(inputs: dict, accuracy: float) -> float:
     """Peak memory estimate (GB) of the dense solve, from the operator equilibrate_charges builds."""
     operator = standalone_operator(inputs["positions"], inputs["widths"], inputs["cell"], inputs["pbc"], accuracy)
-    return operator.dense_memory_bytes(len(inputs["positions"]), inputs["cell"], inputs["pbc"]) / 1e9
+    return operator.dense_memory_bytes(len(inputs["positions"]), inputs["cell"], inputs["pbc"], inputs["positions"],
+                                       inputs["widths"]) / 1e9
 
 
 def time_solver(inputs: dict, solver: str, repeats: int, accuracy: float, tolerance: float, clock: str = "wall"):

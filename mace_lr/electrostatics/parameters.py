@@ -1,4 +1,9 @@
-"""Choice of Ewald / PME parameters for a requested accuracy.
+"""Legacy torch-pme settings: the engine's parameter choice before the k-space layer.
+
+Nothing in the package plans with this any more (see :mod:`.kspace`); it remains for
+(1) the engine's point-dipole Ewald sum, which is torch-pme's ``CalculatorDipole``,
+(2) ``Electrostatics(parameters=KSpaceParameters(...))`` from older scripts, mapped onto
+a fixed k-space plan, and (3) the torch-pme baselines of ``benchmarks/``.
 
 ``accuracy`` is a dimensionless target for the RMS error of forces (and, in practice,
 of the energy per atom), relative to the Coulomb scale of neighbouring charges,
@@ -49,20 +54,6 @@ class KSpaceParameters:
     lr_wavelength: float = 0.0
     mesh_spacing: float = 0.0
     interpolation_nodes: int = 4
-
-
-#: ``auto`` in the heads' sums avoids Ewald above this many (k-vector x atom) pairs: torch-pme's
-#: Ewald holds ~54 bytes per pair (cos/sin tables and products), so this is ~2.7 GB.
-EWALD_MAX_WORK = 5.0e7
-
-
-def ewald_work(cell: torch.Tensor, lr_wavelength: float, n_atoms: int) -> float:
-    """(k-vectors torch-pme's Ewald sums) x atoms for a cell [3, 3] (Å) and ``lr_wavelength`` (Å)."""
-    lengths = torch.linalg.norm(cell.detach(), dim=1)
-    count = 1.0
-    for d in range(3):
-        count *= 2.0 * math.ceil(float(lengths[d]) / lr_wavelength) + 1.0
-    return 0.5 * count * float(n_atoms)
 
 
 def _gaussian_tail_argument(tolerance: float) -> float:
@@ -193,25 +184,6 @@ def _pme_mesh_spacing(
         else:
             low = mid
     return low
-
-
-#: Density (atoms/Å^3) of the synthetic system used to fix a PME mesh spacing without a structure.
-REFERENCE_DENSITY = 0.1
-
-
-def _reference_pme_spacing(smearing: float, accuracy: float) -> float:
-    """PME mesh spacing (Å) meeting ``accuracy`` for random +-1 charges at 0.1 /Å^3."""
-    generator = torch.Generator().manual_seed(0)
-    n_atoms = 512
-    length = (n_atoms / REFERENCE_DENSITY) ** (1.0 / 3.0)
-    cell = torch.eye(3, dtype=torch.float64) * length
-    positions = torch.rand(n_atoms, 3, generator=generator, dtype=torch.float64) * length
-    charges = torch.ones(n_atoms, dtype=torch.float64)
-    charges[1::2] = -1.0
-    return _pme_mesh_spacing(
-        positions, charges, cell, smearing, SAFETY_FACTOR * accuracy / PME_BOUND_CALIBRATION,
-        PME_INTERPOLATION_NODES,
-    )
 
 
 __all__ = ["KSpaceParameters", "choose_parameters", "SAFETY_FACTOR"]

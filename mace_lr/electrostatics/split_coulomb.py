@@ -137,7 +137,10 @@ class PeriodicCoulomb(torch.nn.Module):
                     want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """sum_j c_j [erf(r / w_ij) - erf(r / (sqrt(2) sigma))] / r over pairs within ``cutoff``, and its field."""
         neighbors = NeighborList(cutoff=cutoff, full_list=False)
-        found = neighbors.compute(points=positions.detach(), box=cell.detach(), periodic=periodic,
+        # images along every axis, slabs included: the sum is the 3D Ewald sum plus the slab
+        # correction, independent of sigma whatever the vacuum
+        every_axis = torch.ones_like(periodic)
+        found = neighbors.compute(points=positions.detach(), box=cell.detach(), periodic=every_axis,
                                   quantities="ijS", copy=True)
         i = found[0].to(torch.long)
         j = found[1].to(torch.long)

@@ -30,8 +30,9 @@ class LongRangeConfig:
     qeq_solver: ``auto``, ``dense`` or ``iterative`` (training always uses ``dense``).
     qeq_dense_max_atoms: atoms per structure up to which ``auto`` solves densely.
     qeq_tolerance: relative residual of the iterative solver.
-    qeq_max_width: largest learnable Gaussian width (Å); None = the largest that
-        periodic sums allow with the backbone's r_max (at most 1 Å).
+    qeq_max_width: largest learnable Gaussian width (Å); None = min(1 Å, sigma(r_max) / sqrt 2)
+        (:func:`mace_lr.electrostatics.qeq.default_max_width`, the former periodic limit,
+        kept so that configurations build the same model; periodic sums no longer limit it).
     lode_smearing: Gaussian std of the LODE densities (Å).
     lode_channels: 0 = one density per element; k > 0 = k learned channels.
     ewald_mp_layers: interaction layers (0-based) after which the reciprocal-space

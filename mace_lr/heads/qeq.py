@@ -8,8 +8,9 @@ Gaussian width s_Z = s_max * sigmoid(c_Z) (Å) per element. The charges minimise
 
 under sum_i q_i = Q (``total_charge``) for each structure, with C the Coulomb matrix of
 :mod:`mace_lr.electrostatics.qeq` (periodic images and Gaussian self-energies
-included) and F the external field (the model adds the -q.r.F term itself). The
-head's energy is E(q) without the field term. Charges are therefore global: they move
+included; periodic sums planned per structure by the k-space layer, independent of the
+backbone's r_max, so any width works in crystals) and F the external field (the model
+adds the -q.r.F term itself). The head's energy is E(q) without the field term. Charges are therefore global: they move
 between fragments however far apart, and they depend on the total charge.
 
 Solver per structure: ``dense`` (differentiable Cholesky; always used when training)
@@ -29,7 +30,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..electrostatics.qeq import GaussianCoulombOperator
+from ..electrostatics.qeq import GaussianCoulombOperator, default_max_width
 from .contract import graph_sum
 from .readouts import ScalarReadout
 
@@ -98,40 +99,33 @@ class QEqHead(torch.nn.Module):
         remaining = inputs["total_charge"] - graph_sum(inputs["charges"], batch, num_graphs)
         training = bool(inputs["training"])
         want_response = bool(inputs["compute_response"])
-        edge_index = inputs["edge_index"]
-        edge_lengths = inputs["edge_lengths"]
-        edge_graph = batch[edge_index[1]]
+        # the operator finds its own pairs (periodic: within the k-space plan's cutoff, not r_max)
+        local_edges = inputs["edge_index"][:, :0]
+        local_lengths = inputs["edge_lengths"][:0]
         charges: List[torch.Tensor] = []
         potentials: List[torch.Tensor] = []
         responses: List[torch.Tensor] = []
         for g in range(num_graphs):
             start = int(ptr[g])
             stop = int(ptr[g + 1])
-            mask = edge_graph == g
-            local_edges = edge_index[:, mask] - start
-            local_lengths = edge_lengths[mask]
             dense = training or self.solver == "dense"
             if self.solver == "auto" or training:
-                memory = self.operator.dense_memory_bytes(stop - start, inputs["cell"][g], inputs["pbc"][g])
+                memory = self.operator.dense_memory_bytes(stop - start, inputs["cell"][g], inputs["pbc"][g],
+                                                          positions[start:stop], widths[start:stop])
                 if training and memory > self.dense_max_bytes:
                     raise RuntimeError(
                         "qeq: the dense charge equilibration that training needs would take about "
                         + str(int(memory / 1e9)) + " GB for a structure of " + str(stop - start) + " atoms "
                         "(periodic cells hold the k-space sums once per atom); train on smaller cells")
                 dense = dense or (stop - start <= self.dense_max_atoms and memory <= self.dense_max_bytes)
+            # with the iterative solver, the Born-charge adjoint is solved in the same CG run as the charges
             result = self.operator.equilibrate(
                 effective_chi[start:stop], hardness[start:stop], remaining[g], positions[start:stop],
                 widths[start:stop], inputs["cell"][g], inputs["pbc"][g], local_edges, local_lengths,
-                dense, self.tolerance, self.max_iterations)
+                dense, self.tolerance, self.max_iterations, want_response and not dense)
             charges.append(result["charges"])
             potentials.append(result["potential"])
-            if want_response and not dense:
-                responses.append(self.operator.charge_response_surrogate(
-                    result["charges"], effective_chi[start:stop], hardness[start:stop], positions[start:stop],
-                    widths[start:stop], inputs["cell"][g], inputs["pbc"][g], local_edges, local_lengths,
-                    self.tolerance, self.max_iterations))
-            else:
-                responses.append(torch.zeros(3, dtype=positions.dtype, device=positions.device))
+            responses.append(result["response"])
         q = torch.cat(charges)
         coulomb_potential = torch.cat(potentials)  # C q, V, Gaussian self-energy included
         node_energy = chi * q + 0.5 * hardness * q * q + 0.5 * q * coulomb_potential
@@ -158,8 +152,10 @@ def build_qeq_head(
     tolerance: float,
     method: str = "auto",
 ) -> QEqHead:
-    """QEq head with the periodic-safe maximum width unless ``max_width`` is given (Å)."""
+    """QEq head; its largest Gaussian width is ``max_width`` (Å), or
+    :func:`~mace_lr.electrostatics.qeq.default_max_width` (the former periodic limit for
+    r_max = ``cutoff``, at most 1 Å; periodic sums no longer limit it)."""
     operator = GaussianCoulombOperator(cutoff=cutoff, accuracy=accuracy, method="auto" if method == "direct" else method)
-    width = min(1.0, operator.periodic_max_width) if max_width is None else float(max_width)
+    width = default_max_width(cutoff, accuracy) if max_width is None else float(max_width)
     readout = ScalarReadout(num_scalars, hidden, len(atomic_numbers), None, learn_offsets=True)
     return QEqHead(readout, operator, len(atomic_numbers), width, solver, dense_max_atoms, tolerance)
