@@ -178,3 +178,30 @@ def test_old_pickled_smeared_potential_and_message_block_load_and_match():
     block.__dict__.update(finest_wavelength=0.3)
     restored = pickle.loads(pickle.dumps(block))
     torch.testing.assert_close(restored._single_pass_message(sources, positions, cell, pbc), reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["ewald", "pme"])
+def test_slab_in_an_inflated_cell_runs_in_a_compact_one_and_keeps_its_accuracy(method):
+    """MACE's data pipeline stores a slab's non-periodic vector inflated to 5 r_max x the largest
+    coordinate (~900 Å here); the sums run in a cell with only the vacuum the slab correction
+    needs for the accuracy (kspace.slab_cell), and the forces still meet the request against a
+    converged sum with an even larger gap (accuracy 1e-10: gap 4 lateral periods)."""
+    from mace_lr.electrostatics.kspace import slab_cell
+
+    positions, charges, cell = _jittered_box(6, 0.1, seed=4, vacuum=1.0)
+    pbc = torch.tensor([True, True, False])
+    inflated = cell.clone()
+    inflated[2, 2] = 900.0
+    compact = slab_cell(positions, inflated, pbc, 1e-5)
+    assert float(compact[2, 2]) < 4.0 * float(cell[0, 0])  # extent + 2.2 lateral periods, not 900 Å
+    torch.testing.assert_close(slab_cell(positions, cell, pbc, 1e-5), cell)  # enough vacuum already: unchanged
+    wide = cell.clone()
+    wide[2, 2] = 6.0 * float(cell[0, 0])
+    engine = Electrostatics(method="ewald", accuracy=1e-10)
+    reference = _forces(lambda p: engine(p, charges, wide[None], pbc[None])["potential"] / COULOMB_CONSTANT,
+                        positions, charges)
+    module = PeriodicCoulomb(1e-5, method)
+    forces = _forces(lambda p: module(charges, p, inflated, pbc, torch.zeros_like(charges)), positions, charges)
+    scale = float((charges**2).mean()) * occupied_density(positions, cell) ** (2.0 / 3.0)
+    error = float(((forces - reference) ** 2).sum(-1).mean().sqrt()) / scale
+    assert error <= 1e-5, error

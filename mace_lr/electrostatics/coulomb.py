@@ -206,6 +206,7 @@ class Electrostatics(torch.nn.Module):
         warn_if_charged(float(charges.detach().sum()), graph)
         if widths is None:
             widths = torch.zeros_like(charges)
+        cell = self.coulomb.compact(positions, cell, pbc)  # slabs: no more vacuum than the accuracy needs
         plan = self.plan(positions, cell, widths)
 
         def charge_sum(q: torch.Tensor, want_field: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,6 +130,36 @@ def occupied_density(positions: torch.Tensor, cell: torch.Tensor) -> float:
     return n / occupied
 
 
+def slab_cell(positions: torch.Tensor, cell: torch.Tensor, periodic: torch.Tensor, accuracy: float) -> torch.Tensor:
+    """The cell [3, 3] a slab's sums run in: the non-periodic lattice vector (along its Cartesian
+    axis) shortened to the atoms' extent plus the vacuum gap the slab correction needs for
+    ``accuracy``, when the given cell is longer; 3D cells and shorter slabs are returned as given.
+
+    The 3D sum plus the Yeh-Berkowitz correction approximates the 2D-periodic sum up to the
+    interactions between image slabs, which decay as exp(-2 pi g / L) with the gap g and
+    the lateral period L; g = L ln(10 / accuracy) / (2 pi) keeps them below the accuracy.
+    MACE's data pipeline stores non-periodic lattice vectors inflated to 5 r_max times the
+    largest coordinate (hundreds of Å), which would otherwise size the k-space sum; the
+    scale factor is a constant (no gradient), so lateral stress is unaffected."""
+    if bool(periodic.all()) or positions.shape[0] == 0:
+        return cell
+    axis = int(torch.nonzero(~periodic)[0])
+    coordinate = positions[:, axis].detach()
+    extent = float(coordinate.max() - coordinate.min())
+    lateral = 0.0
+    for d in range(3):
+        if d != axis:
+            lateral = max(lateral, float(torch.linalg.norm(cell[d].detach())))
+    needed = extent + lateral * math.log(10.0 / accuracy) / (2.0 * math.pi)
+    length = float(torch.linalg.norm(cell[axis].detach()))
+    if needed >= length:
+        return cell
+    rows: List[torch.Tensor] = []
+    for d in range(3):
+        rows.append(cell[d] * (needed / length) if d == axis else cell[d])
+    return torch.stack(rows)
+
+
 def _tail_root(scale: float, prefactor: float, tolerance: float) -> float:
     """x with prefactor x^(-1/2) exp(-x^2 / (2 scale^2)) = tolerance (fixed point; x >= scale)."""
     x = 3.0 * scale
@@ -431,4 +461,5 @@ __all__ = [
     "KSpacePlanner",
     "real_space_cutoff",
     "self_potential",
+    "slab_cell",
 ]

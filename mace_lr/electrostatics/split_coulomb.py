@@ -44,6 +44,7 @@ from .kspace import (
     occupied_density,
     real_space_cutoff,
     self_potential,
+    slab_cell,
 )
 
 #: Two point charges closer than this (Å) coincide (infinite energy): refused with a clear error.
@@ -72,6 +73,10 @@ class PeriodicCoulomb(torch.nn.Module):
         if "min_distance" not in self.__dict__:
             self.min_distance = MIN_DISTANCE
 
+    def compact(self, positions: torch.Tensor, cell: torch.Tensor, periodic: torch.Tensor) -> torch.Tensor:
+        """The cell the sums run in (:func:`.kspace.slab_cell`; 3D cells unchanged)."""
+        return slab_cell(positions, cell, periodic, self.planner.accuracy)
+
     def plan(self, positions: torch.Tensor, cell: torch.Tensor, max_width: float, uniform: bool,
              channels: int = 1) -> KSpacePlan:
         """The plan for this cell: sigma from sqrt(2) ``max_width`` up, by cost."""
@@ -90,7 +95,9 @@ class PeriodicCoulomb(torch.nn.Module):
     def potential_and_field(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                             periodic: torch.Tensor, widths: torch.Tensor,
                             want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(phi [N, C] e/Å, E [N, C, 3] e/Å^2; zeros unless ``want_field``) for sources [N, C] e."""
+        """(phi [N, C] e/Å, E [N, C, 3] e/Å^2; zeros unless ``want_field``) for sources [N, C] e.
+        Slabs run in :func:`.kspace.slab_cell` (vacuum for the accuracy, not more)."""
+        cell = self.compact(positions, cell, periodic)
         max_width = float(widths.detach().max()) if positions.shape[0] > 0 else 0.0
         uniform = bool((widths.detach() == max_width).all())
         plan = self.plan(positions, cell, max_width, uniform, sources.shape[1])
@@ -136,16 +143,7 @@ class PeriodicCoulomb(torch.nn.Module):
                     widths: torch.Tensor, sigma: float, cutoff: float,
                     want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """sum_j c_j [erf(r / w_ij) - erf(r / (sqrt(2) sigma))] / r over pairs within ``cutoff``, and its field."""
-        neighbors = NeighborList(cutoff=cutoff, full_list=False)
-        # images along every axis, slabs included: the sum is the 3D Ewald sum plus the slab
-        # correction, independent of sigma whatever the vacuum
-        every_axis = torch.ones_like(periodic)
-        found = neighbors.compute(points=positions.detach(), box=cell.detach(), periodic=every_axis,
-                                  quantities="ijS", copy=True)
-        i = found[0].to(torch.long)
-        j = found[1].to(torch.long)
-        shifts = found[2].to(cell.dtype)
-        vectors = positions[j] - positions[i] + shifts @ cell  # from i to j
+        i, j, vectors = periodic_pairs(positions, cell, cutoff)
         distance = torch.linalg.norm(vectors, dim=1)
         width = pair_widths(widths[i], widths[j])
         smeared = width > 0.0
@@ -175,6 +173,22 @@ class PeriodicCoulomb(torch.nn.Module):
         return potential, field
 
 
+def periodic_pairs(positions: torch.Tensor, cell: torch.Tensor,
+                   cutoff: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Half list (i [P], j [P], vectors r_j + S - r_i [P, 3] Å, differentiable in positions and
+    cell) of the pairs within ``cutoff`` Å, with images along every axis, slabs included:
+    the real-space remainder belongs to the 3D Ewald sum (the slab correction is added
+    separately), so the result does not depend on sigma whatever the vacuum."""
+    neighbors = NeighborList(cutoff=cutoff, full_list=False)
+    every_axis = torch.ones(3, dtype=torch.bool, device=positions.device)
+    found = neighbors.compute(points=positions.detach(), box=cell.detach(), periodic=every_axis,
+                              quantities="ijS", copy=True)
+    i = found[0].to(torch.long)
+    j = found[1].to(torch.long)
+    shifts = found[2].to(cell.dtype)
+    return i, j, positions[j] - positions[i] + shifts @ cell
+
+
 def slab_field(sources: torch.Tensor, positions: torch.Tensor, periodic: torch.Tensor,
                volume: torch.Tensor) -> torch.Tensor:
     """Field [N, C, 3] (e/Å^2) of the slab correction: -(4 pi / V)(M_c - Q_c z_i) along the
@@ -189,4 +203,4 @@ def slab_field(sources: torch.Tensor, positions: torch.Tensor, periodic: torch.T
     return field
 
 
-__all__ = ["MIN_DISTANCE", "PeriodicCoulomb", "slab_field"]
+__all__ = ["MIN_DISTANCE", "PeriodicCoulomb", "periodic_pairs", "slab_field"]

@@ -15,15 +15,16 @@ readouts then see.
 Boundary conditions are explicit: periodic cells (3D or slabs) use the k-space layer
 (:mod:`mace_lr.electrostatics.kspace`); open-boundary structures use the *same*
 real-space kernel summed exactly over all pairs (never a padded periodic box). Both are
-differentiable in positions and cell. 3D cells take all widths in one pure k-space pass
-planned for the finest width (which the wider kernels need less of): the planner picks
-Ewald or a C-channel PME mesh by cost, and the filter f_c(k) is applied to the one set of
-structure factors. Slabs take the same pass plus torch-pme's slab correction, which does
+differentiable in positions and cell. 3D cells take all widths in one pass of the layer:
+the planner picks Ewald or a C-channel PME mesh and a splitting width sigma >= the finest
+width by cost, the filter f_c(k) is applied to the one set of structure factors, and the
+widths narrower than sigma add a real-space remainder over vesin-torch pairs. Slabs take the same pass plus torch-pme's slab correction, which does
 not depend on the width.
 """
 
 from __future__ import annotations
 
+import math
 from typing import List, Sequence, Tuple
 
 import torch
@@ -39,8 +40,10 @@ from ..electrostatics.kspace import (
     coulomb_kernel,
     occupied_density,
     self_potential,
+    slab_cell,
 )
 from ..electrostatics.smeared import SmearedPotential, neutralise, smeared_method
+from ..electrostatics.split_coulomb import periodic_pairs
 
 
 def layer_scalar_indices(irreps: str) -> torch.Tensor:
@@ -113,8 +116,9 @@ class EwaldMessageBlock(torch.nn.Module):
         return int(pbc.sum()) >= 2
 
     def plan(self, positions: torch.Tensor, cell: torch.Tensor, channels: int) -> KSpacePlan:
-        """The single pass's plan: pure k-space at the finest width, Ewald or PME by cost."""
-        return self.planner(cell, positions.shape[0], self.finest, self.finest, channels, False, False,
+        """The single pass's plan: splitting width sigma >= the finest width by cost (pure k-space
+        at sigma = finest; a larger sigma adds a real-space remainder for the narrower widths)."""
+        return self.planner(cell, positions.shape[0], self.finest, 1.0e6, channels, True, True,
                             occupied_density(positions, cell))
 
     def _message_per_width(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
@@ -129,11 +133,17 @@ class EwaldMessageBlock(torch.nn.Module):
 
     def _single_pass_message(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
                              pbc: torch.Tensor) -> torch.Tensor:
-        """:meth:`_message_per_width` for a 3D cell or slab in one k-space pass: the filter
-        f_c(k) = sum_m a_mc s_m G_{s_m}(k) on one set of structure factors, less each width's
-        own-cloud and background terms mixed the same way; slabs add the slab correction
-        (the same for every width) times sum_m a_mc s_m."""
+        """:meth:`_message_per_width` for a 3D cell or slab in one pass of the k-space layer.
+
+        With the plan's splitting width sigma (>= the finest width), width s_m enters the
+        k-space filter f_c(k) = sum_m a_mc s_m G_{max(s_m, sigma)}(k), applied to one set of
+        structure factors, and the widths below sigma add the real-space remainder
+        sum_m a_mc s_m [erf(r / (sqrt 2 s_m)) - erf(r / (sqrt 2 sigma))] / r over the pairs
+        within the plan's cutoff; own-cloud and background terms are mixed the same way.
+        Slabs add the slab correction (the same for every width) times sum_m a_mc s_m."""
+        cell = slab_cell(positions, cell, pbc, self.planner.accuracy)  # slabs: vacuum for the accuracy
         plan = self.plan(positions, cell, sources.shape[1])
+        sigma = plan.smearing
         kvectors = self.reciprocal.prepare(positions, cell, plan)
         k_squared = (kvectors * kvectors).sum(-1)
         volume = torch.abs(torch.linalg.det(cell))
@@ -143,18 +153,41 @@ class EwaldMessageBlock(torch.nn.Module):
         self_values: List[float] = []
         backgrounds: List[torch.Tensor] = []
         for s in self.smearings:
-            kernels.append(coulomb_kernel(k_squared, s).reshape(-1))
-            self_values.append(self_potential(s))
-            backgrounds.append(background_potential(s, volume))
+            long_range = max(s, sigma)
+            kernels.append(coulomb_kernel(k_squared, long_range).reshape(-1))
+            self_values.append(self_potential(long_range))
+            backgrounds.append(background_potential(long_range, volume))
         kernel = (weights.transpose(0, 1) @ torch.stack(kernels)).reshape([sources.shape[1]] + list(k_squared.shape))
         message = self.reciprocal.potential(sources, kernel)
         self.reciprocal.release()
         self_value = torch.tensor(self_values, dtype=sources.dtype, device=sources.device)
         background = torch.stack(backgrounds).to(sources.dtype)
         message = message - (self_value @ weights) * sources - (background @ weights) * sources.sum(0)
+        if plan.cutoff > 0.0:
+            message = message + self._real_space(sources, positions, cell, weights, sigma, plan.cutoff)
         if not bool(pbc.all()):
             message = message + weights.sum(0) * self.slab.pbc_correction(pbc, positions, cell, sources)
         return message
+
+    def _real_space(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                    weights: torch.Tensor, sigma: float, cutoff: float) -> torch.Tensor:
+        """sum_j sum_m a_mc s_m [erf(r / (sqrt 2 s_m)) - erf(r / (sqrt 2 sigma))] / r c_jc [N, C] over
+        the pairs within ``cutoff`` (widths s_m < sigma)."""
+        i, j, vectors = periodic_pairs(positions, cell, cutoff)
+        distance = torch.linalg.norm(vectors, dim=1)
+        split = torch.erf(distance / (math.sqrt(2.0) * sigma))
+        columns: List[torch.Tensor] = []
+        rows: List[int] = []
+        for m, s in enumerate(self.smearings):
+            if s < sigma:
+                columns.append((torch.erf(distance / (math.sqrt(2.0) * s)) - split) / distance)
+                rows.append(m)
+        if len(columns) == 0:
+            return torch.zeros_like(sources)
+        index = torch.tensor(rows, dtype=torch.long, device=sources.device)
+        pair_kernel = torch.stack(columns, dim=1) @ weights.index_select(0, index)  # [P, C]
+        message = torch.zeros_like(sources).index_add(0, i, sources[j] * pair_kernel)
+        return message.index_add(0, j, sources[i] * pair_kernel)
 
 
 class EwaldMessagePassing(torch.nn.Module):

@@ -30,6 +30,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from ..electrostatics.kspace import slab_cell
 from ..electrostatics.qeq import GaussianCoulombOperator, default_max_width
 from .contract import graph_sum
 from .readouts import ScalarReadout
@@ -109,8 +110,10 @@ class QEqHead(torch.nn.Module):
             start = int(ptr[g])
             stop = int(ptr[g + 1])
             dense = training or self.solver == "dense"
+            # slabs: no more vacuum than the accuracy needs (MACE stores inflated non-periodic vectors)
+            cell = slab_cell(positions[start:stop], inputs["cell"][g], inputs["pbc"][g], self.operator.accuracy)
             if self.solver == "auto" or training:
-                memory = self.operator.dense_memory_bytes(stop - start, inputs["cell"][g], inputs["pbc"][g],
+                memory = self.operator.dense_memory_bytes(stop - start, cell, inputs["pbc"][g],
                                                           positions[start:stop], widths[start:stop])
                 if training and memory > self.dense_max_bytes:
                     raise RuntimeError(
@@ -121,7 +124,7 @@ class QEqHead(torch.nn.Module):
             # with the iterative solver, the Born-charge adjoint is solved in the same CG run as the charges
             result = self.operator.equilibrate(
                 effective_chi[start:stop], hardness[start:stop], remaining[g], positions[start:stop],
-                widths[start:stop], inputs["cell"][g], inputs["pbc"][g], local_edges, local_lengths,
+                widths[start:stop], cell, inputs["pbc"][g], local_edges, local_lengths,
                 dense, self.tolerance, self.max_iterations, want_response and not dense)
             charges.append(result["charges"])
             potentials.append(result["potential"])
