@@ -239,7 +239,8 @@ class KSpacePlanner(torch.nn.Module):
         return f"accuracy={self.accuracy}, method={self.method!r}, memory_budget={self.memory_budget:.3g}"
 
     def forward(self, cell: torch.Tensor, n_atoms: int, min_smearing: float, max_smearing: float, channels: int = 1,
-                real_space: bool = True, exact_at_min: bool = False, density: float = 0.0) -> KSpacePlan:
+                real_space: bool = True, exact_at_min: bool = False, density: float = 0.0,
+                field: bool = False) -> KSpacePlan:
         """The cheapest plan for one 3D or slab cell [3, 3] Å holding ``n_atoms``.
 
         ``min_smearing``/``max_smearing`` bound sigma (Å): the physical width sets the lower
@@ -248,7 +249,9 @@ class KSpacePlanner(torch.nn.Module):
         remainder (cutoff r_c) is summed; without it the kernel itself must be smooth.
         ``exact_at_min``: at sigma = ``min_smearing`` the remainder vanishes (equal Gaussian
         widths), so that plan has no real-space part. ``density`` (atoms/Å^3): the local
-        density the error estimates use (:func:`occupied_density`; default N / V).
+        density the error estimates use (:func:`occupied_density`; default N / V). ``field``:
+        the field at the atoms is wanted too (analytic in every part: more work per pair, per
+        Ewald term and per mesh point, see the cost factors below).
         """
         volume, widths, _ = cell_geometry(cell)
         n = max(n_atoms, 1)
@@ -270,22 +273,26 @@ class KSpacePlanner(torch.nn.Module):
             cutoff = 0.0
             if real_space and not (exact_at_min and smearing == min_smearing):
                 cutoff = real_space_cutoff(density, smearing, tolerance)
-            pairs = 0.5 * n * density * 4.0 / 3.0 * math.pi * cutoff**3
+            # cost factors measured at 3,000 atoms (water density, one thread, energy + forces):
+            # a pair costs ~(1 + (C - 1) / 8) times one channel's without the field (the erf
+            # evaluations dominate up to a few channels), ~(1 + C / 2) with it ([P, C, 3] tensors); Ewald's cos/sin tables [K, N] are shared by all
+            # channels (+10% per extra channel, +20% for the field); on the mesh the field adds
+            # three inverse FFTs per channel and three gathers per atom
+            pair_factor = 1.0 + 0.5 * channels if field else 1.0 + (channels - 1) / 8.0
+            pairs = 0.5 * n * density * 4.0 / 3.0 * math.pi * cutoff**3 * pair_factor
             for m in methods:
                 if m == "ewald":
                     kcut = ewald_kcut(density, smearing, tolerance)
-                    # the cos/sin tables [K, N] are shared by all channels: memory does not grow with
-                    # them, time by ~2/3 of a channel each (4 channels measured 3x one)
                     terms = ewald_kvector_count(volume, kcut) * n
-                    seconds = self.seconds_per_pair * pairs \
-                        + self.seconds_per_ewald_term * terms * (1.0 + 0.67 * (channels - 1))
+                    term_factor = (1.0 + 0.1 * (channels - 1)) * (1.2 if field else 1.0)
+                    seconds = self.seconds_per_pair * pairs + self.seconds_per_ewald_term * terms * term_factor
                     memory = self.bytes_per_pair * pairs + self.bytes_per_ewald_term * terms
                     plan = KSpacePlan("ewald", smearing, cutoff, kcut, [0, 0, 0], seconds, memory)
                 else:
                     step = mesh_step(density, smearing, tolerance, self.mesh_error_prefactor, self.mesh_error_exponent)
                     shape = mesh_shape(widths, step, self.nodes)
-                    points = float(shape[0] * shape[1] * shape[2]) * channels
-                    stencil = float(n * self.nodes**3 * channels)
+                    points = float(shape[0] * shape[1] * shape[2]) * channels * (2.5 if field else 1.0)
+                    stencil = float(n * self.nodes**3 * channels) * (2.0 if field else 1.0)
                     seconds = (self.seconds_per_pair * pairs + self.seconds_per_mesh_point * points
                                + self.seconds_per_stencil * stencil)
                     memory = (self.bytes_per_pair * pairs + self.bytes_per_mesh_point * points

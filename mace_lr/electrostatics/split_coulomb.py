@@ -78,12 +78,12 @@ class PeriodicCoulomb(torch.nn.Module):
         return slab_cell(positions, cell, periodic, self.planner.accuracy)
 
     def plan(self, positions: torch.Tensor, cell: torch.Tensor, max_width: float, uniform: bool,
-             channels: int = 1) -> KSpacePlan:
+             channels: int = 1, field: bool = False) -> KSpacePlan:
         """The plan for this cell: sigma from sqrt(2) ``max_width`` up, by cost."""
         floor = max(math.sqrt(2.0) * max_width, 1e-3)
         exact = uniform and max_width > 0.0  # equal Gaussians: no remainder at sigma = sqrt(2) width
         return self.planner(cell, positions.shape[0], floor, 1.0e6, channels, True, exact,
-                            occupied_density(positions, cell))
+                            occupied_density(positions, cell), field)
 
     def forward(self, charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, periodic: torch.Tensor,
                 widths: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ class PeriodicCoulomb(torch.nn.Module):
         cell = self.compact(positions, cell, periodic)
         max_width = float(widths.detach().max()) if positions.shape[0] > 0 else 0.0
         uniform = bool((widths.detach() == max_width).all())
-        plan = self.plan(positions, cell, max_width, uniform, sources.shape[1])
+        plan = self.plan(positions, cell, max_width, uniform, sources.shape[1], want_field)
         return self.potential_and_field_with_plan(sources, positions, cell, periodic, widths, want_field, plan)
 
     def potential_and_field_with_plan(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
