@@ -174,8 +174,10 @@ def test_ewald_and_pme_agree_on_1000_atoms():
     (e_ew, f_ew), (e_pme, f_pme) = results["ewald"], results["pme"]
     force_scale = KE / spacing**2  # nearest-neighbour Coulomb force of unit charges
     rms = np.sqrt(((f_ew - f_pme) ** 2).sum(1).mean())
-    assert rms < accuracy * force_scale
-    assert abs(e_ew - e_pme) / len(atoms) < accuracy * KE / spacing
+    # each sum meets the request (RMS force relative to k_e / a^2; energy per atom to k_e / a),
+    # so two independent ones differ by up to twice it (measured: energy 1.2x the single request)
+    assert rms < 2.0 * accuracy * force_scale
+    assert abs(e_ew - e_pme) / len(atoms) < 2.0 * accuracy * KE / spacing
 
 
 # --------------------------------------------------------------------- dipoles

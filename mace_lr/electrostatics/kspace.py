@@ -51,10 +51,11 @@ MESH_ERROR_EXPONENT = 4.87
 #: Default memory budget (bytes) of one sum: ``MACE_LR_MEMORY_BUDGET_GB`` (GB) if set, else 8 GB.
 MEMORY_BUDGET = float(os.environ.get("MACE_LR_MEMORY_BUDGET_GB", "8")) * 1.0e9
 
-#: Measured cost model (2-core CPU, float64, one thread; benchmarks/kspace_calibration.py):
+#: Measured cost model (2-core CPU, float64, one thread; benchmarks/kspace_calibration.py, pairs
+#: rechecked at 3,000 atoms: 141-222 ns, mesh 63 ns per point, stencil 59 ns):
 #: seconds and bytes (forward + backward) per real-space pair, per Ewald (k-vector x atom x
 #: channel), per mesh point and channel, per atom and channel for the interpolation stencil.
-SECONDS_PER_PAIR = 1.2e-7
+SECONDS_PER_PAIR = 1.5e-7
 SECONDS_PER_EWALD_TERM = 2.4e-8
 SECONDS_PER_MESH_POINT = 6.0e-8
 SECONDS_PER_STENCIL = 6.0e-8
@@ -274,17 +275,20 @@ class KSpacePlanner(torch.nn.Module):
             if real_space and not (exact_at_min and smearing == min_smearing):
                 cutoff = real_space_cutoff(density, smearing, tolerance)
             # cost factors measured at 3,000 atoms (water density, one thread, energy + forces):
-            # a pair costs ~(1 + (C - 1) / 8) times one channel's without the field (the erf
-            # evaluations dominate up to a few channels), ~(1 + C / 2) with it ([P, C, 3] tensors); Ewald's cos/sin tables [K, N] are shared by all
+            # a pair costs one channel's up to 4 channels without the field (the erf evaluations
+            # dominate), ~C / 4 times it above (16: 3.8x), ~(1 + C / 2) with the field ([P, C, 3]); Ewald's cos/sin tables [K, N] are shared by all
             # channels (+10% per extra channel, +20% for the field); on the mesh the field adds
             # three inverse FFTs per channel and three gathers per atom
-            pair_factor = 1.0 + 0.5 * channels if field else 1.0 + (channels - 1) / 8.0
+            pair_factor = 1.0 + 0.5 * channels if field else max(1.0, channels / 4.0)
             pairs = 0.5 * n * density * 4.0 / 3.0 * math.pi * cutoff**3 * pair_factor
             for m in methods:
                 if m == "ewald":
                     kcut = ewald_kcut(density, smearing, tolerance)
                     terms = ewald_kvector_count(volume, kcut) * n
-                    term_factor = (1.0 + 0.1 * (channels - 1)) * (1.2 if field else 1.0)
+                    # the tables outgrow the caches: per-term time doubles from ~1.6e7 terms (measured
+                    # 26 ns at 1.6e7, 53 ns at 3.8e7; lode / ewald_mp at 10,000 atoms ran 3-5x slower
+                    # than this model without it)
+                    term_factor = (1.0 + 0.1 * (channels - 1)) * (1.2 if field else 1.0) * (0.5 + terms / 3.2e7)
                     seconds = self.seconds_per_pair * pairs + self.seconds_per_ewald_term * terms * term_factor
                     memory = self.bytes_per_pair * pairs + self.bytes_per_ewald_term * terms
                     plan = KSpacePlan("ewald", smearing, cutoff, kcut, [0, 0, 0], seconds, memory)
