@@ -280,7 +280,14 @@ class KSpacePlanner(torch.nn.Module):
             # channels (+10% per extra channel, +20% for the field); on the mesh the field adds
             # three inverse FFTs per channel and three gathers per atom
             pair_factor = 1.0 + 0.5 * channels if field else max(1.0, channels / 4.0)
-            pairs = 0.5 * n * density * 4.0 / 3.0 * math.pi * cutoff**3 * pair_factor
+            pair_count = 0.5 * n * density * 4.0 / 3.0 * math.pi * cutoff**3
+            # with the field, beyond ~2.5e7 pair values [P, C, 3] the pair tensors are memory-bound:
+            # lode's field sum at 10,000 atoms (4.6 M pairs x 4 channels x 3) ran ~2.2x slower per
+            # pair than at 3,000 atoms (measured: the model went from 3.85x to 3.04x the backbone
+            # with this term); without the field (ewald_mp's 16 channels) the same term made
+            # the planner pick a plan that ran slower, so it is not applied there
+            values = pair_count * 3.0 * channels
+            pairs = pair_count * pair_factor * (max(1.0, values / 2.5e7) if field else 1.0)
             for m in methods:
                 if m == "ewald":
                     kcut = ewald_kcut(density, smearing, tolerance)
