@@ -82,7 +82,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torchpme
-from vesin_torch import NeighborList
 
 from .direct import pair_widths
 from .kspace import (
@@ -98,6 +97,7 @@ from .kspace import (
     self_potential,
 )
 from .parameters import SAFETY_FACTOR, _gaussian_tail_argument
+from .split_coulomb import pair_remainder, periodic_pairs
 from .units import COULOMB_CONSTANT
 
 SOLVERS = ("auto", "dense", "iterative")
@@ -175,31 +175,19 @@ def _direct_kernel(positions: torch.Tensor, widths: torch.Tensor, block: int) ->
     return torch.cat(rows, dim=0)
 
 
-def remainder_pairs(positions: torch.Tensor, cell: torch.Tensor, periodic: torch.Tensor, widths: torch.Tensor,
+def remainder_pairs(positions: torch.Tensor, cell: torch.Tensor, widths: torch.Tensor,
                     smearing: float, cutoff: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(i [P], j [P], values [P] Å^-1): every pair (each once, periodic self-images included)
+    """(i [P], j [P], values [P] Å^-1): every pair (each once, images along every axis)
     within ``cutoff`` (Å) and its real-space remainder [erf(r / w_ij) - erf(r / (sqrt(2) sigma))] / r.
 
-    The real-space part of :class:`.split_coulomb.PeriodicCoulomb` (its ``_real_space``)
-    with the pair values returned instead of summed, so that a solve computes them once
-    and reuses them in every product. Pairs come from vesin-torch on detached copies; the
-    pair vectors are rebuilt from ``positions`` and ``cell``, so the values are
-    differentiable in positions, cell and widths (double backward included).
+    The real-space part of :class:`.split_coulomb.PeriodicCoulomb` (its pairs and
+    :func:`.split_coulomb.pair_remainder`) with the pair values returned instead of summed,
+    so that a solve computes them once and reuses them in every product; differentiable in
+    positions, cell and widths (double backward included).
     """
-    neighbors = NeighborList(cutoff=cutoff, full_list=False)
-    found = neighbors.compute(points=positions.detach(), box=cell.detach(), periodic=periodic,
-                              quantities="ijS", copy=True)
-    i = found[0].to(torch.long)
-    j = found[1].to(torch.long)
-    shifts = found[2].to(cell.dtype)
-    vectors = positions[j] - positions[i] + shifts @ cell
+    i, j, vectors = periodic_pairs(positions, cell, cutoff)
     distance = torch.linalg.norm(vectors, dim=1)
-    width = pair_widths(widths[i], widths[j])
-    smeared = width > 0.0
-    physical = torch.where(smeared, torch.erf(distance / torch.where(smeared, width, torch.ones_like(width))),
-                           torch.ones_like(distance))
-    values = (physical - torch.erf(distance / (math.sqrt(2.0) * smearing))) / distance
-    return i, j, values
+    return i, j, pair_remainder(distance, pair_widths(widths[i], widths[j]), smearing)
 
 
 def _symmetric_csr(i: torch.Tensor, j: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
@@ -357,7 +345,7 @@ class GaussianCoulombOperator(torch.nn.Module):
         cache["self"] = torch.full((), self_potential(sigma), dtype=positions.dtype, device=positions.device)
         cache["background"] = background_potential(sigma, torch.abs(torch.linalg.det(cell)))
         if plan.cutoff > 0.0:  # slabs too: the 3D sum of the replicated cell (+ correction), as the engine
-            i, j, values = remainder_pairs(positions, cell, torch.ones_like(pbc), widths, sigma, plan.cutoff)
+            i, j, values = remainder_pairs(positions, cell, widths, sigma, plan.cutoff)
         else:  # equal widths at sigma = sqrt(2) s: the remainder vanishes
             i = torch.zeros(0, dtype=torch.long, device=positions.device)
             j = i

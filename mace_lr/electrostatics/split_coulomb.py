@@ -154,9 +154,8 @@ class PeriodicCoulomb(torch.nn.Module):
                              + str(float(distance[k])) + " Å): their energy is infinite; remove the duplicate "
                              + "atom or check the positions and cell")
         safe_width = torch.where(smeared, width, torch.ones_like(width))
-        physical = torch.where(smeared, torch.erf(distance / safe_width), torch.ones_like(distance))
         split = math.sqrt(2.0) * sigma
-        values = (physical - torch.erf(distance / split)) / distance
+        values = pair_remainder(distance, width, sigma)
         potential = torch.zeros_like(sources).index_add(0, i, sources[j] * values.unsqueeze(-1))
         potential = potential.index_add(0, j, sources[i] * values.unsqueeze(-1))
         field = torch.zeros((sources.shape[0], sources.shape[1], 3), dtype=sources.dtype, device=sources.device)
@@ -189,6 +188,15 @@ def periodic_pairs(positions: torch.Tensor, cell: torch.Tensor,
     return i, j, positions[j] - positions[i] + shifts @ cell
 
 
+def pair_remainder(distance: torch.Tensor, width: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Real-space remainder [erf(r / w) - erf(r / (sqrt(2) sigma))] / r (Å^-1) of pairs at
+    ``distance`` [P] Å with Gaussian pair widths ``width`` [P] Å (0: point charges, erf -> 1)."""
+    smeared = width > 0.0
+    safe_width = torch.where(smeared, width, torch.ones_like(width))
+    physical = torch.where(smeared, torch.erf(distance / safe_width), torch.ones_like(distance))
+    return (physical - torch.erf(distance / (math.sqrt(2.0) * sigma))) / distance
+
+
 def slab_field(sources: torch.Tensor, positions: torch.Tensor, periodic: torch.Tensor,
                volume: torch.Tensor) -> torch.Tensor:
     """Field [N, C, 3] (e/Å^2) of the slab correction: -(4 pi / V)(M_c - Q_c z_i) along the
@@ -203,4 +211,4 @@ def slab_field(sources: torch.Tensor, positions: torch.Tensor, periodic: torch.T
     return field
 
 
-__all__ = ["MIN_DISTANCE", "PeriodicCoulomb", "periodic_pairs", "slab_field"]
+__all__ = ["MIN_DISTANCE", "PeriodicCoulomb", "pair_remainder", "periodic_pairs", "slab_field"]
