@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from pathlib import Path
 
 import torch
 
@@ -23,23 +25,10 @@ from mace_lr.electrostatics import Electrostatics
 from mace_lr.electrostatics.kspace import KSpacePlan, ReciprocalSum, coulomb_kernel, occupied_density, self_potential
 from mace_lr.electrostatics.split_coulomb import PeriodicCoulomb
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import jittered_ions  # noqa: E402  (the tests' lattice, shared)
+
 torch.set_default_dtype(torch.float64)
-
-
-def jittered_box(n_side: int, density: float, seed: int, vacuum: float = 0.0):
-    """n_side^3 charges +-1 on a jittered cubic lattice at ``density``; ``vacuum``: extra
-    fraction of the box along z (slab)."""
-    g = torch.Generator().manual_seed(seed)
-    a = density ** (-1.0 / 3.0)
-    idx = torch.stack(torch.meshgrid(*[torch.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3).double()
-    positions = (idx + 0.5 + 0.35 * (torch.rand(idx.shape, generator=g) - 0.5) * 2) * a
-    charges = torch.ones(len(positions))
-    charges[torch.randperm(len(positions), generator=g)[: len(positions) // 2]] = -1.0
-    length = n_side * a
-    cell = torch.diag(torch.tensor([length, length, length * (1.0 + vacuum)]))
-    if vacuum > 0:
-        positions[:, 2] += 0.5 * vacuum * length
-    return positions, charges, cell
 
 
 def forces_of(potential_fn, positions, charges):
@@ -65,7 +54,7 @@ def relative_error(forces, reference, charges, density):
 def mesh_fit(quick: bool) -> None:
     rows = []
     for density in (0.1, 0.044):
-        positions, charges, cell = jittered_box(6 if quick else 8, density, 1)
+        positions, charges, cell = jittered_ions(6 if quick else 8, density, 1)
         pbc = torch.tensor([True, True, True])
         ref = reference_forces(positions, charges, cell, pbc, 0.0)
         length = float(cell[0, 0])
@@ -106,7 +95,7 @@ def achieved(quick: bool) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     cells = [("water 0.1", 0.1, 0.0), ("molten salt 0.044", 0.044, 0.0), ("slab 50% vacuum", 0.1, 1.0)]
     for name, density, vacuum in cells:
-        positions, charges, cell = jittered_box(6 if quick else 8, density, 2, vacuum)
+        positions, charges, cell = jittered_ions(6 if quick else 8, density, 2, vacuum)
         pbc = torch.tensor([True, True, vacuum == 0.0])
         for width in (0.0, 0.5, 1.0):
             ref = reference_forces(positions, charges, cell, pbc, width)

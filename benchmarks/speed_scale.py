@@ -44,19 +44,14 @@ KINDS = {"water": (0.1, 0.0), "molten_salt": (0.044, 0.0), "slab": (0.1, 1.0)}
 
 
 def system(n_atoms: int, kind: str, dtype, seed: int = 0):
+    """+-1 charges of ``kind`` on the tests' jittered cubic lattice (n_atoms rounded to a cube)."""
     import torch
 
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+    from helpers import jittered_ions
+
     density, vacuum = KINDS[kind]
-    n_side = round(n_atoms ** (1.0 / 3.0))
-    g = torch.Generator().manual_seed(seed)
-    a = density ** (-1.0 / 3.0)
-    idx = torch.stack(torch.meshgrid(*[torch.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3).double()
-    positions = (idx + 0.5 + 0.7 * (torch.rand(idx.shape, generator=g, dtype=torch.float64) - 0.5)) * a
-    charges = torch.ones(len(positions), dtype=torch.float64)
-    charges[torch.randperm(len(positions), generator=g)[: len(positions) // 2]] = -1.0
-    length = n_side * a
-    cell = torch.diag(torch.tensor([length, length, length * (1.0 + vacuum)], dtype=torch.float64))
-    positions[:, 2] += 0.5 * vacuum * length
+    positions, charges, cell = jittered_ions(round(n_atoms ** (1.0 / 3.0)), density, seed, vacuum)
     pbc = torch.tensor([True, True, vacuum == 0.0])
     return positions.to(dtype), charges.to(dtype), cell.to(dtype), pbc
 

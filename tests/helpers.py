@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from ase import Atoms
 
 
@@ -84,3 +85,21 @@ def fd_stress(energy_of, atoms: Atoms, a: int, b: int, h: float = 1e-5) -> float
         strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
         energies.append(energy_of(strained))
     return (energies[0] - energies[1]) / (2 * h) / atoms.get_volume()
+
+
+def jittered_ions(n_side: int, density: float, seed: int, vacuum: float = 0.0):
+    """(positions [N, 3] Å, charges [N] e, cell [3, 3] Å), float64: n_side^3 charges +-1 (half
+    each) on a cubic lattice at ``density`` (atoms/Å^3), each jittered by up to +-0.35 of the
+    lattice step (no pair closer than 0.3 steps); ``vacuum``: extra fraction of the box along z,
+    the atoms centred in it (a slab). Shared by the k-space tests and benchmarks."""
+    g = torch.Generator().manual_seed(seed)
+    a = density ** (-1.0 / 3.0)
+    idx = torch.stack(torch.meshgrid(*[torch.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3).double()
+    positions = (idx + 0.5 + 0.7 * (torch.rand(idx.shape, generator=g, dtype=torch.float64) - 0.5)) * a
+    charges = torch.ones(len(positions), dtype=torch.float64)
+    charges[torch.randperm(len(positions), generator=g)[: len(positions) // 2]] = -1.0
+    length = n_side * a
+    cell = torch.diag(torch.tensor([length, length, length * (1.0 + vacuum)], dtype=torch.float64))
+    positions[:, 2] += 0.5 * vacuum * length
+    return positions, charges, cell
+

@@ -27,18 +27,7 @@ from mace_lr.electrostatics.graph import GraphCoulomb
 from mace_lr.electrostatics.kspace import KSpacePlanner, occupied_density
 from mace_lr.electrostatics.split_coulomb import PeriodicCoulomb
 
-
-def _jittered_box(n_side: int, density: float, seed: int, vacuum: float = 0.0):
-    g = torch.Generator().manual_seed(seed)
-    a = density ** (-1.0 / 3.0)
-    idx = torch.stack(torch.meshgrid(*[torch.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3).double()
-    positions = (idx + 0.5 + 0.7 * (torch.rand(idx.shape, generator=g, dtype=torch.float64) - 0.5)) * a
-    charges = torch.ones(len(positions), dtype=torch.float64)
-    charges[torch.randperm(len(positions), generator=g)[: len(positions) // 2]] = -1.0
-    length = n_side * a
-    cell = torch.diag(torch.tensor([length, length, length * (1.0 + vacuum)], dtype=torch.float64))
-    positions[:, 2] += 0.5 * vacuum * length
-    return positions, charges, cell
+from helpers import jittered_ions
 
 
 def _forces(potential_fn, positions, charges):
@@ -50,7 +39,7 @@ def _forces(potential_fn, positions, charges):
 @pytest.mark.parametrize("cell_kind", ["water", "molten_salt", "slab"])
 def test_achieved_accuracy_is_close_to_the_request(cell_kind):
     density, vacuum = {"water": (0.1, 0.0), "molten_salt": (0.044, 0.0), "slab": (0.1, 1.0)}[cell_kind]
-    positions, charges, cell = _jittered_box(6, density, seed=2, vacuum=vacuum)
+    positions, charges, cell = jittered_ions(6, density, seed=2, vacuum=vacuum)
     pbc = torch.tensor([True, True, vacuum == 0.0])
     scale = float((charges**2).mean()) * occupied_density(positions, cell) ** (2.0 / 3.0)
     for width in (0.0, 0.5, 1.0):
@@ -83,7 +72,7 @@ def test_cscl_madelung(method):
 
 
 def test_splitting_is_independent_of_the_backbone_cutoff():
-    positions, charges, cell = _jittered_box(5, 0.044, seed=3)
+    positions, charges, cell = jittered_ions(5, 0.044, seed=3)
     args = (charges * 0.4, positions, cell[None], torch.ones(1, 3, dtype=torch.bool), torch.tensor([0, len(charges)]),
             torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.float64))
     short = GraphCoulomb(width=0.5, cutoff=3.0, accuracy=1e-5)(*args)
@@ -92,7 +81,7 @@ def test_splitting_is_independent_of_the_backbone_cutoff():
 
 
 def test_memory_budget_refuses_with_a_clear_message():
-    positions, charges, cell = _jittered_box(4, 0.1, seed=4)
+    positions, charges, cell = jittered_ions(4, 0.1, seed=4)
     module = PeriodicCoulomb(1e-5, "auto", memory_budget=1e3)
     with pytest.raises(RuntimeError, match="memory budget.*MACE_LR_MEMORY_BUDGET_GB"):
         module(charges, positions, cell, torch.ones(3, dtype=torch.bool), torch.zeros_like(charges))
@@ -104,17 +93,17 @@ def test_meshes_are_fft_friendly_and_clusters_use_their_own_density():
     plan = planner(cell, 3000, 1.0, 1e6)
     assert all(fft_friendly_size(n) == n for n in plan.mesh)
     # a 64-atom cluster in the middle of a 40 Å box: the local density, not N / V, sets the errors
-    positions, _, small = _jittered_box(4, 0.1, seed=5)
+    positions, _, small = jittered_ions(4, 0.1, seed=5)
     positions = positions + 20.0 - 0.5 * small[0, 0]
     box = torch.eye(3, dtype=torch.float64) * 40.0
     assert occupied_density(positions, box) > 10 * 64 / 40.0**3
-    filled = occupied_density(*_jittered_box(4, 0.1, seed=5)[::2])
+    filled = occupied_density(*jittered_ions(4, 0.1, seed=5)[::2])
     assert filled == pytest.approx(0.1, rel=1e-6)
 
 
 @pytest.mark.parametrize("method", ["ewald", "pme"])
 def test_second_derivatives_for_training(method):
-    positions, charges, cell = _jittered_box(2, 0.1, seed=6)
+    positions, charges, cell = jittered_ions(2, 0.1, seed=6)
     module = PeriodicCoulomb(1e-4, method)
     pbc = torch.ones(3, dtype=torch.bool)
     widths = torch.full_like(charges, 0.3)
@@ -127,7 +116,7 @@ def test_second_derivatives_for_training(method):
 
 
 def test_old_pickled_graph_coulomb_loads_and_matches():
-    positions, charges, cell = _jittered_box(3, 0.1, seed=7)
+    positions, charges, cell = jittered_ions(3, 0.1, seed=7)
     new = GraphCoulomb(width=0.5, cutoff=5.0, accuracy=1e-6, method="ewald")
     old = GraphCoulomb(width=0.5, cutoff=5.0, accuracy=1e-6, method="ewald")
     # the state a model saved before the k-space layer carries
@@ -154,7 +143,7 @@ def test_old_pickled_smeared_potential_and_message_block_load_and_match():
     from mace_lr.electrostatics.smeared import SmearedPotential
     from mace_lr.heads.ewald_mp import EwaldMessageBlock
 
-    positions, charges, cell = _jittered_box(3, 0.1, seed=3)
+    positions, charges, cell = jittered_ions(3, 0.1, seed=3)
     sources = torch.stack([charges, charges.roll(1)], dim=1)
     args = (sources, positions, cell[None], torch.ones(1, 3, dtype=torch.bool), torch.tensor([0, len(charges)]))
     new = SmearedPotential(1.2, accuracy=1e-6)
@@ -188,7 +177,7 @@ def test_slab_in_an_inflated_cell_runs_in_a_compact_one_and_keeps_its_accuracy(m
     converged sum with an even larger gap (accuracy 1e-10: gap 4 lateral periods)."""
     from mace_lr.electrostatics.kspace import slab_cell
 
-    positions, charges, cell = _jittered_box(6, 0.1, seed=4, vacuum=1.0)
+    positions, charges, cell = jittered_ions(6, 0.1, seed=4, vacuum=1.0)
     pbc = torch.tensor([True, True, False])
     inflated = cell.clone()
     inflated[2, 2] = 900.0
