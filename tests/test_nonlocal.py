@@ -339,3 +339,23 @@ def test_lode_field_path_uses_the_last_layer_with_vectors():
     both = vector_feature_indices(["4x0e+2x1o", "3x0e+1x1o+1x2e"])
     assert both.tolist() == [10 + 3, 10 + 4, 10 + 5]  # layer 1 starts at 4 + 6 = 10; its 1o after 3 scalars
     assert vector_feature_indices(["8x0e", "8x0e"]).numel() == 0
+
+
+def test_channels_absent_from_a_structure_are_skipped_and_exactly_zero():
+    """Element densities of elements a structure lacks are zero after neutralising: the periodic
+    sum skips them (V = E = 0 exactly there) and the other channels equal a sum over just them
+    (same plan, since the planner sees the same active channel count)."""
+    atoms = random_neutral_ions(10, np.array([[9.0, 0, 0], [1.0, 8.5, 0], [0.5, 0.3, 9.5]]), seed=3)
+    positions, cell = torch.tensor(atoms.positions, requires_grad=True), torch.tensor(atoms.cell.array)
+    active = torch.tensor(np.random.default_rng(1).normal(size=(len(atoms), 2)))
+    active = active - active.mean(0)
+    sources = torch.stack([active[:, 0], torch.zeros(len(atoms), dtype=torch.float64), active[:, 1]], dim=1)
+    args = (cell[None], torch.ones(1, 3, dtype=torch.bool), torch.tensor([0, len(atoms)]))
+    smeared = SmearedPotential(1.0, accuracy=1e-6)
+    potential, field = smeared(sources, positions, *args)
+    reference_potential, reference_field = smeared(active, positions, *args)
+    assert float(potential[:, 1].abs().max()) == 0.0 and float(field[:, 1].abs().max()) == 0.0
+    torch.testing.assert_close(potential[:, [0, 2]], reference_potential, rtol=0, atol=1e-14)
+    torch.testing.assert_close(field[:, [0, 2]], reference_field, rtol=0, atol=1e-14)
+    (gradient,) = torch.autograd.grad((field**2).sum() + potential.sum(), positions)
+    assert torch.isfinite(gradient).all() and float(gradient.abs().max()) > 0.0

@@ -99,13 +99,29 @@ class SmearedPotential(torch.nn.Module):
             field = torch.einsum("ij,ijx,jc->icx", radial, diff, sources)
         return potential, field
 
+    def _periodic_active(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor,
+                         pbc: torch.Tensor, want_field: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The periodic sum over the channels that are not zero in this structure (e.g. element
+        densities of elements it does not contain); the others get V = 0 and E = 0 exactly."""
+        n = positions.shape[0]
+        widths = torch.full((n,), self.smearing / math.sqrt(2.0), dtype=positions.dtype, device=positions.device)
+        active = torch.nonzero((sources.detach() != 0.0).any(0)).squeeze(1)
+        if int(active.numel()) == sources.shape[1]:
+            return self.periodic.potential_and_field(sources, positions, cell, pbc, widths, want_field)
+        potential = torch.zeros_like(sources)
+        field = torch.zeros((n, sources.shape[1], 3), dtype=sources.dtype, device=sources.device)
+        if int(active.numel()) == 0:
+            return potential, field
+        some_potential, some_field = self.periodic.potential_and_field(sources.index_select(1, active), positions,
+                                                                       cell, pbc, widths, want_field)
+        return potential.index_copy(1, active, some_potential), field.index_copy(1, active, some_field)
+
     def forward(self, sources: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                 ptr: torch.Tensor, want_field: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """(V [N, C] Å^-1, E [N, C, 3] Å^-2) for sources [N, C], positions [N, 3] Å, cell [G, 3, 3],
         pbc [G, 3], ptr [G + 1]."""
         potentials: List[torch.Tensor] = []
         fields: List[torch.Tensor] = []
-        width = self.smearing / math.sqrt(2.0)
         for g in range(int(ptr.numel()) - 1):
             start = int(ptr[g])
             stop = int(ptr[g + 1])
@@ -115,9 +131,8 @@ class SmearedPotential(torch.nn.Module):
             elif n_periodic == 1:
                 raise RuntimeError("1D-periodic structures are not supported; make the cell 3D-periodic or a slab")
             else:
-                widths = torch.full((stop - start,), width, dtype=positions.dtype, device=positions.device)
-                potential, field = self.periodic.potential_and_field(sources[start:stop], positions[start:stop],
-                                                                     cell[g], pbc[g], widths, want_field)
+                potential, field = self._periodic_active(sources[start:stop], positions[start:stop], cell[g],
+                                                         pbc[g], want_field)
             potentials.append(potential)
             fields.append(field)
         return torch.cat(potentials, dim=0), torch.cat(fields, dim=0)
