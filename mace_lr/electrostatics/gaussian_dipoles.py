@@ -53,6 +53,7 @@ from .kspace import (
     occupied_density,
     self_potential,
 )
+from .parameters import accuracy_of_legacy_wavelength
 
 
 def dipole_accuracy(accuracy: float, q2: float, p2: float, spacing: float, wavenumber: float) -> float:
@@ -121,9 +122,8 @@ class GaussianChargesAndDipoles(torch.nn.Module):
         if "reciprocal" not in self._modules:
             self._modules.pop("kernel", None)
             smearing = math.sqrt(2.0) * self.width
-            x = math.pi * smearing / float(self.__dict__.pop("lr_wavelength"))
+            self.accuracy = accuracy_of_legacy_wavelength(smearing, float(self.__dict__.pop("lr_wavelength")))
             self.__dict__.pop("ewald_max_work", None)
-            self.accuracy = min(10.0 * math.exp(-0.5 * x * x), 0.5)
             self.smearing = smearing
             self.method = "auto"
             self.memory_budget = MEMORY_BUDGET

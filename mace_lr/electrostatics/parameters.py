@@ -3,7 +3,8 @@
 Nothing in the package plans with this any more (see :mod:`.kspace`); it remains for
 (1) the engine's point-dipole Ewald sum, which is torch-pme's ``CalculatorDipole``,
 (2) ``Electrostatics(parameters=KSpaceParameters(...))`` from older scripts, mapped onto
-a fixed k-space plan, and (3) the torch-pme baselines of ``benchmarks/``.
+a fixed k-space plan, (3) the torch-pme baselines of ``benchmarks/``, and (4) recovering the
+accuracy of modules pickled before the layer (:func:`accuracy_of_legacy_wavelength`).
 
 ``accuracy`` is a dimensionless target for the RMS error of forces (and, in practice,
 of the energy per atom), relative to the Coulomb scale of neighbouring charges,
@@ -59,6 +60,14 @@ class KSpaceParameters:
 def _gaussian_tail_argument(tolerance: float) -> float:
     """x such that exp(-x^2 / 2) = tolerance."""
     return math.sqrt(2.0 * math.log(1.0 / tolerance))
+
+
+def accuracy_of_legacy_wavelength(smearing: float, lr_wavelength: float) -> float:
+    """The ``accuracy`` a module pickled before the k-space layer was built with: its Ewald
+    wavelength was pi s / x with exp(-x^2 / 2) = :data:`SAFETY_FACTOR` accuracy (s: its Ewald
+    width). Clipped to [1e-12, 0.5] so that the planner accepts it."""
+    x = math.pi * smearing / lr_wavelength
+    return min(max(math.exp(-0.5 * x * x) / SAFETY_FACTOR, 1e-12), 0.5)
 
 
 def choose_parameters(
@@ -186,4 +195,4 @@ def _pme_mesh_spacing(
     return low
 
 
-__all__ = ["KSpaceParameters", "choose_parameters", "SAFETY_FACTOR"]
+__all__ = ["KSpaceParameters", "accuracy_of_legacy_wavelength", "choose_parameters", "SAFETY_FACTOR"]

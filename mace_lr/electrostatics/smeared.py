@@ -30,14 +30,8 @@ from typing import List, Tuple
 import torch
 
 from .kspace import MEMORY_BUDGET
+from .parameters import accuracy_of_legacy_wavelength
 from .split_coulomb import PeriodicCoulomb
-
-
-def _accuracy_of_old_wavelength(smearing: float, lr_wavelength: float) -> float:
-    """The ``accuracy`` an instance pickled before the k-space layer was built with (its Ewald
-    wavelength was pi s / x with exp(-x^2 / 2) = 0.1 accuracy)."""
-    x = math.pi * smearing / lr_wavelength
-    return min(max(10.0 * math.exp(-0.5 * x * x), 1e-12), 0.5)
 
 
 class SmearedPotential(torch.nn.Module):
@@ -69,7 +63,7 @@ class SmearedPotential(torch.nn.Module):
         super().__setstate__(state)
         if "periodic" not in self._modules:
             wavelength = float(self.__dict__.get("lr_wavelength", 0.0))
-            accuracy = _accuracy_of_old_wavelength(self.smearing, wavelength) if wavelength > 0.0 else 1e-5
+            accuracy = accuracy_of_legacy_wavelength(self.smearing, wavelength) if wavelength > 0.0 else 1e-5
             for stale in ("ewald", "pme", "mesh"):
                 self._modules.pop(stale, None)
             for stale in ("lr_wavelength", "pme_threshold", "ewald_max_work", "self_value"):
